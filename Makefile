@@ -1,0 +1,41 @@
+# Two commands do all the set-up on a fresh machine with only Python 3:
+#   make quickstart   -> .venv, install, convert the bundled CVAT sample, train the tiny model offline
+#   make test         -> .venv, install, the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+OUT ?= outputs
+
+.PHONY: install quickstart convert-sample train-quickstart test lint clean
+
+$(STAMP): requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	# The reference panopticapi (PQ cross-checks); its numpy<2 pin is spurious, hence --no-deps.
+	$(PY) -m pip install --quiet --no-deps panopticapi-lite
+	touch $(STAMP)
+
+install: $(STAMP)
+
+convert-sample: install
+	$(PY) dataset_scripts/cvat_to_panoptic.py \
+		--cvat sample_data/cvat_task_materials --cvat sample_data/cvat_task_machines \
+		--stuff-labels floor wall sky ground \
+		--val-ratio 0.25 --seed 0 --preview 4 --overwrite --out $(OUT)/sample_panoptic
+
+train-quickstart: install
+	HF_HUB_OFFLINE=1 $(VENV)/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+		finetune/train.py --config finetune/configs/quickstart.yaml
+
+quickstart: convert-sample train-quickstart
+
+test: install
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(OUT) .pytest_cache .ruff_cache

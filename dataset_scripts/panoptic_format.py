@@ -1,0 +1,169 @@
+"""The COCO-panoptic format: segment-id PNG encoding, per-segment statistics, JSON loading.
+
+One PNG per image stores a segment id per pixel as ``id = R + 256 * G + 256**2 * B``; id 0 is
+void (unlabelled). The JSON lists, per image, the segments (``segments_info``) with their
+category, crowd flag, area and xywh box. This is the layout of COCO, panopticapi,
+facebookresearch/detr and detectron2, so everything written here is read unchanged by them.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from dataset_scripts.atomic_io import atomic_write_bytes
+
+VOID_ID = 0
+MAX_SEGMENT_ID = 256**3 - 1
+
+
+class PanopticFormatError(ValueError):
+    """A COCO-panoptic file is malformed or inconsistent (the message names file and id)."""
+
+
+def rgb2id(rgb: np.ndarray) -> np.ndarray:
+    """Decode a panoptic PNG's pixels into segment ids.
+
+    Args:
+        rgb: ``(H, W, 3)`` uint8 array.
+
+    Returns:
+        ``(H, W)`` int64 array of segment ids.
+    """
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise PanopticFormatError(f"expected an (H, W, 3) RGB array, got shape {rgb.shape}")
+    rgb = rgb.astype(np.int64, copy=False)
+    return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
+
+
+def id2rgb(ids: np.ndarray) -> np.ndarray:
+    """Encode ``(H, W)`` integer segment ids as an ``(H, W, 3)`` uint8 RGB array."""
+    ids = np.asarray(ids)
+    if ids.size and (ids.min() < 0 or ids.max() > MAX_SEGMENT_ID):
+        raise PanopticFormatError(f"segment ids must lie in [0, {MAX_SEGMENT_ID}]")
+    ids = ids.astype(np.uint32, copy=False)
+    rgb = np.empty((*ids.shape, 3), dtype=np.uint8)
+    rgb[..., 0] = ids & 0xFF
+    rgb[..., 1] = (ids >> 8) & 0xFF
+    rgb[..., 2] = (ids >> 16) & 0xFF
+    return rgb
+
+
+def read_panoptic_png(path: str | os.PathLike) -> np.ndarray:
+    """Read a panoptic PNG into an ``(H, W)`` int64 id map; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"panoptic PNG not found: {path}")
+    try:
+        with Image.open(path) as img:
+            if img.mode != "RGB":
+                raise PanopticFormatError(f"{path}: panoptic PNG must be RGB, got mode {img.mode}")
+            rgb = np.asarray(img)
+    except PanopticFormatError:
+        raise
+    except Exception as err:  # PIL raises many types for broken files
+        raise PanopticFormatError(f"{path}: cannot decode panoptic PNG ({err})") from err
+    return rgb2id(rgb)
+
+
+def encode_panoptic_png(ids: np.ndarray) -> bytes:
+    """PNG bytes of an ``(H, W)`` id map (fast zlib level: these files are rewritten often)."""
+    buf = io.BytesIO()
+    Image.fromarray(id2rgb(ids), mode="RGB").save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def write_panoptic_png(path: str | os.PathLike, ids: np.ndarray) -> None:
+    """Atomically write an ``(H, W)`` id map as a panoptic PNG."""
+    atomic_write_bytes(path, encode_panoptic_png(ids))
+
+
+@dataclass(frozen=True)
+class SegmentStats:
+    """Exact area and box of one segment of an id map.
+
+    Attributes:
+        area: Number of pixels.
+        bbox: ``[x, y, w, h]`` in pixels, the tight box around the pixels (COCO convention:
+            integer pixel edges, so a single pixel at (x, y) has box ``[x, y, 1, 1]``).
+    """
+
+    area: int
+    bbox: list[int]
+
+
+def segment_stats(ids: np.ndarray) -> dict[int, SegmentStats]:
+    """Area and tight xywh box of every non-void segment of an ``(H, W)`` id map.
+
+    One pass: ids are relabelled to 1..K with `np.unique`, then `bincount` gives areas and
+    `scipy.ndimage.find_objects` gives boxes.
+    """
+    unique, inverse = np.unique(ids, return_inverse=True)
+    inverse = inverse.reshape(ids.shape)
+    areas = np.bincount(inverse.ravel(), minlength=len(unique))
+    # find_objects ignores label 0, so shift labels by one.
+    slices = ndimage.find_objects(inverse + 1)
+    stats: dict[int, SegmentStats] = {}
+    for index, seg_id in enumerate(unique.tolist()):
+        if seg_id == VOID_ID:
+            continue
+        rows, cols = slices[index]
+        stats[int(seg_id)] = SegmentStats(
+            area=int(areas[index]),
+            bbox=[cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start],
+        )
+    return stats
+
+
+def load_json(path: str | os.PathLike) -> Any:
+    """Load a JSON file, turning every failure into an error that names the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"JSON file not found: {path}")
+    try:
+        with path.open("rb") as handle:
+            return json.load(handle)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise PanopticFormatError(f"{path}: malformed JSON ({err})") from err
+
+
+def load_panoptic_json(path: str | os.PathLike) -> dict[str, Any]:
+    """Load and sanity-check a COCO-panoptic JSON (``images``, ``annotations``, ``categories``).
+
+    Raises:
+        PanopticFormatError: a key is missing, an image id is duplicated, an annotation names an
+            unknown image, or a segment names an unknown category or repeats an id.
+    """
+    data = load_json(path)
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data, dict) or key not in data:
+            raise PanopticFormatError(f"{path}: not a COCO-panoptic file (missing '{key}')")
+    image_ids: set[int] = set()
+    for image in data["images"]:
+        if image["id"] in image_ids:
+            raise PanopticFormatError(f"{path}: duplicate image id {image['id']}")
+        image_ids.add(image["id"])
+    category_ids = {cat["id"] for cat in data["categories"]}
+    for ann in data["annotations"]:
+        if ann.get("image_id") not in image_ids:
+            raise PanopticFormatError(
+                f"{path}: annotation {ann.get('file_name')} names unknown image {ann.get('image_id')}"
+            )
+        seen: set[int] = set()
+        for seg in ann.get("segments_info", []):
+            if seg["category_id"] not in category_ids:
+                raise PanopticFormatError(
+                    f"{path}: image {ann['image_id']} segment {seg['id']} has unknown category {seg['category_id']}"
+                )
+            if seg["id"] in seen:
+                raise PanopticFormatError(f"{path}: image {ann['image_id']} repeats segment id {seg['id']}")
+            seen.add(seg["id"])
+    return data

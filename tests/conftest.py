@@ -1,0 +1,64 @@
+"""Shared pytest fixtures: paths, the maintainers' real data, tiny DETR models built in code.
+
+Tests never download: models are built from small configs (timm resnet18, random init) and saved
+to `tmp_path`; `HF_HUB_OFFLINE=1` is forced below so that any accidental Hub access fails fast.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data" / "real"
+SAMPLE_DATA = REPO_ROOT / "sample_data"
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The maintainers' real exports (`../shared/data/real`); skips when absent (a user's clone)."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data/real is not present")
+    return SHARED_DATA
+
+
+def tiny_detr_config(num_labels: int = 5, **overrides):
+    """A DetrConfig small enough to train on 2 CPU cores: timm resnet18 (random init), d_model 64.
+
+    The mask head needs ``d_model + num_heads`` divisible by 8, hence 64 + 8.
+    """
+    from transformers import DetrConfig
+
+    kwargs = dict(
+        backbone="resnet18",
+        use_timm_backbone=True,
+        use_pretrained_backbone=False,
+        d_model=64,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=8,
+        decoder_attention_heads=8,
+        encoder_ffn_dim=128,
+        decoder_ffn_dim=128,
+        num_queries=10,
+        num_labels=num_labels,
+    )
+    kwargs.update(overrides)
+    return DetrConfig(**kwargs)
+
+
+@pytest.fixture
+def make_tiny_detr_config():
+    """Factory fixture: ``make_tiny_detr_config(num_labels=..., **overrides)``."""
+    return tiny_detr_config

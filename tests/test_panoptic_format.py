@@ -1,0 +1,92 @@
+import json
+
+import numpy as np
+import pytest
+
+from dataset_scripts.atomic_io import atomic_directory, atomic_write_json
+from dataset_scripts.panoptic_format import (
+    PanopticFormatError,
+    id2rgb,
+    load_panoptic_json,
+    read_panoptic_png,
+    rgb2id,
+    segment_stats,
+    write_panoptic_png,
+)
+
+
+def test_id_encoding_roundtrip_covers_all_three_channels(tmp_path):
+    ids = np.array([[0, 1, 255], [256, 65535, 65536], [256**3 - 1, 12345678, 7]], dtype=np.int64)
+    assert np.array_equal(rgb2id(id2rgb(ids)), ids)
+    # R + 256 G + 256^2 B, the COCO convention.
+    assert id2rgb(np.array([[1 + 2 * 256 + 3 * 65536]]))[0, 0].tolist() == [1, 2, 3]
+    write_panoptic_png(tmp_path / "a.png", ids)
+    assert np.array_equal(read_panoptic_png(tmp_path / "a.png"), ids)
+
+
+def test_id2rgb_rejects_out_of_range():
+    with pytest.raises(PanopticFormatError):
+        id2rgb(np.array([[256**3]]))
+
+
+def test_segment_stats_exact_area_and_box():
+    ids = np.zeros((6, 8), dtype=np.int64)
+    ids[1:3, 2:5] = 7  # 2 rows x 3 cols
+    ids[5, 7] = 9  # single pixel at x=7, y=5
+    ids[0, 0] = 7  # makes segment 7 non-convex: box grows to the corner
+    stats = segment_stats(ids)
+    assert set(stats) == {7, 9}
+    assert stats[7].area == 7 and stats[7].bbox == [0, 0, 5, 3]
+    assert stats[9].area == 1 and stats[9].bbox == [7, 5, 1, 1]
+
+
+def test_segment_stats_void_only():
+    assert segment_stats(np.zeros((3, 3), dtype=np.int64)) == {}
+
+
+def test_read_panoptic_png_errors_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        read_panoptic_png(tmp_path / "missing.png")
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not a png")
+    with pytest.raises(PanopticFormatError, match="broken.png"):
+        read_panoptic_png(bad)
+
+
+def test_load_panoptic_json_checks(tmp_path):
+    good = {
+        "images": [{"id": 1, "file_name": "a.jpg", "width": 2, "height": 2}],
+        "annotations": [
+            {"image_id": 1, "file_name": "a.png", "segments_info": [{"id": 1, "category_id": 3}]}
+        ],
+        "categories": [{"id": 3, "name": "x", "isthing": 1}],
+    }
+    path = tmp_path / "p.json"
+    atomic_write_json(path, good)
+    assert load_panoptic_json(path)["categories"][0]["name"] == "x"
+    bad = json.loads(json.dumps(good))
+    bad["annotations"][0]["segments_info"][0]["category_id"] = 99
+    atomic_write_json(path, bad)
+    with pytest.raises(PanopticFormatError, match="unknown category 99"):
+        load_panoptic_json(path)
+    path.write_text("{not json")
+    with pytest.raises(PanopticFormatError, match="malformed JSON"):
+        load_panoptic_json(path)
+
+
+def test_atomic_directory_leaves_nothing_on_failure(tmp_path):
+    final = tmp_path / "out"
+    with pytest.raises(RuntimeError), atomic_directory(final) as tmp:
+        (tmp / "half.txt").write_text("x")
+        raise RuntimeError("boom")
+    assert not final.exists()
+    assert list(tmp_path.iterdir()) == []
+    with atomic_directory(final) as tmp:
+        (tmp / "done.txt").write_text("ok")
+    assert (final / "done.txt").read_text() == "ok"
+    with pytest.raises(FileExistsError), atomic_directory(final):
+        pass
+    with atomic_directory(final, overwrite=True) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert sorted(p.name for p in final.iterdir()) == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
