@@ -17,6 +17,13 @@ from pathlib import Path
 from typing import Any
 
 
+def _default_mode(directory: bool) -> int:
+    """Permissions a plain `open`/`mkdir` would give (mkstemp/mkdtemp use 0600/0700)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to `path` through a temporary file in the same folder."""
     path = Path(path)
@@ -25,6 +32,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+        os.chmod(tmp, _default_mode(directory=False))
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -56,6 +64,7 @@ def atomic_directory(final_dir: str | os.PathLike, overwrite: bool = False) -> I
         raise FileExistsError(f"{final_dir} already exists; pass --overwrite to replace it")
     final_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.tmp-", dir=final_dir.parent))
+    os.chmod(tmp_dir, _default_mode(directory=True))
     try:
         yield tmp_dir
     except BaseException:

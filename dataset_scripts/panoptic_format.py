@@ -103,21 +103,34 @@ class SegmentStats:
 def segment_stats(ids: np.ndarray) -> dict[int, SegmentStats]:
     """Area and tight xywh box of every non-void segment of an ``(H, W)`` id map.
 
-    One pass: ids are relabelled to 1..K with `np.unique`, then `bincount` gives areas and
-    `scipy.ndimage.find_objects` gives boxes.
+    Linear time: when the ids are small (segment ids numbered 1..n, as this project writes
+    them) `bincount` gives the areas and `scipy.ndimage.find_objects` the boxes directly;
+    large ids (COCO's category-derived ids) are first relabelled to 1..K with `np.unique`,
+    which sorts the pixels.
     """
-    unique, inverse = np.unique(ids, return_inverse=True)
-    inverse = inverse.reshape(ids.shape)
-    areas = np.bincount(inverse.ravel(), minlength=len(unique))
-    # find_objects ignores label 0, so shift labels by one.
-    slices = ndimage.find_objects(inverse + 1)
+    ids = np.asarray(ids)
+    if ids.size == 0:
+        return {}
+    if ids.min() < 0:
+        raise PanopticFormatError("segment ids must be non-negative")
+    max_id = int(ids.max())
+    if max_id <= 4 * ids.size + 1024:
+        labels = ids.astype(np.intp, copy=False)
+        seg_ids = np.arange(max_id + 1)
+    else:
+        seg_ids, labels = np.unique(ids, return_inverse=True)
+        labels = labels.reshape(ids.shape)
+        if seg_ids[0] != VOID_ID:  # keep label 0 for void so that find_objects skips it
+            seg_ids = np.concatenate([[VOID_ID], seg_ids])
+            labels = labels + 1
+    areas = np.bincount(labels.ravel(), minlength=len(seg_ids))
     stats: dict[int, SegmentStats] = {}
-    for index, seg_id in enumerate(unique.tolist()):
-        if seg_id == VOID_ID:
+    for label, found in enumerate(ndimage.find_objects(labels), start=1):
+        if found is None:
             continue
-        rows, cols = slices[index]
-        stats[int(seg_id)] = SegmentStats(
-            area=int(areas[index]),
+        rows, cols = found
+        stats[int(seg_ids[label])] = SegmentStats(
+            area=int(areas[label]),
             bbox=[cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start],
         )
     return stats

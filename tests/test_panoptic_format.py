@@ -90,3 +90,33 @@ def test_atomic_directory_leaves_nothing_on_failure(tmp_path):
         (tmp / "new.txt").write_text("new")
     assert sorted(p.name for p in final.iterdir()) == ["new.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_atomic_outputs_get_ordinary_permissions(tmp_path):
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        atomic_write_json(tmp_path / "f.json", {"a": 1})
+        with atomic_directory(tmp_path / "d") as tmp:
+            (tmp / "x").write_text("x")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "f.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
+
+
+def test_segment_stats_small_and_large_ids_agree():
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 6, size=(40, 50))
+    # Same partition with COCO-style huge ids (forces the np.unique path).
+    large = np.where(small == 0, 0, small * 1_000_003 + 7)
+    s_small = segment_stats(small)
+    s_large = segment_stats(large)
+    assert sorted(s_small) == [1, 2, 3, 4, 5]
+    for seg in s_small:
+        assert s_small[seg] == s_large[seg * 1_000_003 + 7]
+        mask = small == seg
+        rows, cols = np.nonzero(mask)
+        assert s_small[seg].area == mask.sum()
+        assert s_small[seg].bbox == [cols.min(), rows.min(), cols.max() - cols.min() + 1, rows.max() - rows.min() + 1]

@@ -1,0 +1,124 @@
+"""The in-memory model of a CVAT export, shared by every reader and by the rasteriser.
+
+CVAT writes the same annotations in several formats (COCO 1.0 JSON, "CVAT for images 1.1" XML,
+one COCO file per class). Each reader turns its format into these records so that everything
+after reading (merging exports, rasterising, splitting, reporting) sees one model:
+
+* an `Export` is one annotation file with its label names and images;
+* an `ImageRecord` is one image as the export describes it (file name, upright size) plus the
+  folders where its file may be found;
+* a `Shape` is one annotation: its label, its geometry (polygon parts, a full-image COCO RLE,
+  a CVAT mask in a box, a box, or an image-level tag), its CVAT ``z_order`` (``None`` when the
+  format lost it) and where it came from (file + annotation id, for error messages).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+ShapeKind = Literal["polygon", "rle", "mask", "box", "tag", "unsupported"]
+# Kinds that carry pixels; the others are reported and skipped.
+MASK_KINDS: frozenset[str] = frozenset({"polygon", "rle", "mask"})
+
+
+class ConversionError(ValueError):
+    """A user error in the input (the message names the file and the image/annotation id)."""
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One CVAT annotation.
+
+    Attributes:
+        label: CVAT label name (categories are merged across exports by this name).
+        kind: ``polygon`` (``polygons``), ``rle`` (``rle``: a COCO RLE of the whole image, as
+            ``{"size": [h, w], "counts": list[int] | str}``), ``mask`` (a CVAT brush mask:
+            ``mask_counts`` alternating 0/1 run lengths starting with 0, row-major inside
+            ``mask_box``), ``box``, ``tag`` or ``unsupported`` (``detail`` says which element).
+        source: File the annotation was read from.
+        annotation_id: Id naming the annotation in that file (COCO ``id``; for XML
+            ``"<frame id>/<element>#<index>"``).
+        order: Position of the annotation in its file (for ``--overlap order``).
+        z_order: CVAT ``z_order`` (higher is painted on top) or ``None`` when unknown (COCO).
+        iscrowd: The export's crowd flag (CVAT sets it on every brush mask).
+        occluded: CVAT ``occluded`` flag (kept for reporting only).
+        polygons: Polygon parts as flat ``[x0, y0, x1, y1, ...]`` lists, in pixels.
+        rle: COCO RLE dict of the whole image.
+        mask_box: ``(left, top, width, height)`` of a CVAT mask.
+        mask_counts: Run lengths of a CVAT mask.
+        detail: Free text for ``unsupported`` shapes (the XML element name).
+    """
+
+    label: str
+    kind: ShapeKind
+    source: str
+    annotation_id: str
+    order: int = 0
+    z_order: int | None = None
+    iscrowd: bool = False
+    occluded: bool = False
+    polygons: tuple[tuple[float, ...], ...] = ()
+    rle: dict | None = None
+    mask_box: tuple[int, int, int, int] | None = None
+    mask_counts: tuple[int, ...] = ()
+    detail: str = ""
+
+
+@dataclass
+class ImageRecord:
+    """One image of an export.
+
+    Attributes:
+        file_name: The name as written in the export (may contain folders).
+        width: Upright width in pixels, as CVAT recorded it.
+        height: Upright height in pixels.
+        image_id: Id of the image in the export (COCO ``id``, XML frame ``id``).
+        source: The annotation file that lists the image.
+        search_dirs: Folders to look for ``file_name`` in (first hit wins).
+        shapes: The image's annotations, in file order.
+    """
+
+    file_name: str
+    width: int
+    height: int
+    image_id: str
+    source: str
+    search_dirs: tuple[Path, ...] = ()
+    shapes: list[Shape] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        """The output file name: the base name (images are merged across exports by it)."""
+        return Path(self.file_name).name
+
+    def resolve(self) -> Path | None:
+        """The image file on disk, or ``None`` when no search folder holds it.
+
+        Tries ``dir/file_name`` (nested paths as written) and then ``dir/<base name>`` in
+        every search folder.
+        """
+        rel = Path(self.file_name)
+        for folder in self.search_dirs:
+            for candidate in (folder / rel, folder / rel.name):
+                if candidate.is_file():
+                    return candidate
+        return None
+
+
+@dataclass
+class Export:
+    """One annotation file read into records.
+
+    Attributes:
+        source: The annotation file.
+        labels: Every label name the file declares, in its order (also unused ones).
+        images: The images, in file order.
+        label_supercategories: Supercategory per label where the export gives a non-empty one.
+    """
+
+    source: str
+    labels: list[str]
+    images: list[ImageRecord]
+    label_supercategories: dict[str, str] = field(default_factory=dict)
