@@ -70,7 +70,7 @@ class ConversionOptions:
         stuff_from_model: Model (hub name or folder) predicting stuff under the CVAT shapes.
         stuff_map: Mapping file for `stuff_model.load_stuff_mapping` (None: its default).
         stuff_cache: Folder of the model's per-image stuff maps (default ``OUT.stuff-cache``).
-        stuff_batch_size: Batch size of the stuff model.
+        stuff_batch_size: Batch size of the stuff model (None: 4 on a GPU, 1 on CPU).
         stuff_device: Device of the stuff model (None: automatic).
         keep_crowd: Keep the export's crowd flag (CVAT sets it on every brush mask).
         overlap: ``area`` (smaller region wins when z-order is equal/lost) or ``order``.
@@ -88,7 +88,7 @@ class ConversionOptions:
     stuff_from_model: str | None = None
     stuff_map: Path | None = None
     stuff_cache: Path | None = None
-    stuff_batch_size: int = 4
+    stuff_batch_size: int | None = None
     stuff_device: str | None = None
     keep_crowd: bool = False
     overlap: str = "area"
@@ -583,7 +583,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="where model stuff maps are cached (default DIR.stuff-cache next to --out)",
     )
-    parser.add_argument("--stuff-batch-size", type=int, default=4)
+    parser.add_argument(
+        "--stuff-batch-size",
+        type=int,
+        default=None,
+        help="stuff-model batch size (default: 4 on a GPU, 1 on CPU)",
+    )
     parser.add_argument("--device", default=None, help="device of the stuff model (default: automatic)")
     parser.add_argument(
         "--keep-crowd", action="store_true", help="keep iscrowd=1 (CVAT sets it on brush masks)"

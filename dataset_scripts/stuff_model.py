@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 import yaml
 from PIL import Image, ImageOps
+from tqdm.auto import tqdm
 
 from dataset_scripts.atomic_io import atomic_write_bytes, atomic_write_json
 
@@ -507,7 +508,7 @@ def pseudo_label_stuff(
     model_name_or_path: str,
     mapping: StuffMapping,
     cache_dir: Path,
-    batch_size: int = 4,
+    batch_size: int | None = None,
     device: str | None = None,
     load_image: Callable[[Path], Image.Image] | None = None,
     threshold: float = 0.85,
@@ -525,7 +526,8 @@ def pseudo_label_stuff(
             holding a ``DetrForSegmentation`` checkpoint and its image processor.
         mapping: Model label -> our stuff class (``load_stuff_mapping``).
         cache_dir: Folder of the cached maps (created).
-        batch_size: Images per forward pass.
+        batch_size: Images per forward pass; None = 4 on a GPU, 1 on CPU (where each
+            ~800x1300 picture needs ~15 GB in the mask head and batching is not faster).
         device: Torch device; None = ``cuda`` when available, else ``cpu``.
         load_image: Decodes an image upright in RGB; default ``default_load_image``.
         threshold: Minimum class score of a predicted segment (DETR's 0.85).
@@ -535,9 +537,7 @@ def pseudo_label_stuff(
         StuffModelError: the model cannot be loaded (offline Hub id, wrong checkpoint).
         OSError: an image cannot be read (from ``load_image``; earlier batches stay cached).
     """
-    from tqdm.auto import tqdm
-
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     duplicates = sorted(key for key, n in Counter(key for key, _ in items).items() if n > 1)
     if duplicates:
@@ -568,6 +568,8 @@ def pseudo_label_stuff(
     import torch
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if batch_size is None:
+        batch_size = 1 if torch.device(device).type == "cpu" else 4
     if torch.device(device).type == "cpu" and batch_size > 1:
         # Measured: DETR-R50's mask head peaks at ~15 GB of RAM for one 800x1286 input on CPU
         # (100 query masks at 1/4 resolution); a batch multiplies that and is not faster on CPU.
@@ -647,7 +649,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--mapping", type=Path, default=None, help=f"mapping YAML (default: {DEFAULT_MAPPING_PATH})"
     )
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="pictures per forward pass (default: 4 on a GPU, 1 on CPU)",
+    )
     parser.add_argument(
         "--device", default=None, help="torch device (default: cuda when available, else cpu)"
     )
