@@ -1,0 +1,260 @@
+"""Build the `DetrForSegmentation` to fine-tune: from a panoptic checkpoint (warm start) or from a config.
+
+The dataset defines the label space (labels 0..K-1 in the order of `load_categories(...)`). Starting from a
+checkpoint such as `facebook/detr-resnet-50-panoptic` (250 COCO-panoptic classes), every tensor is loaded except
+the class head `detr.class_labels_classifier` (`Linear(d_model, K + 1)`, last row = "no object"), which changes
+size. Its rows are warm-started: a dataset class whose name (or `class_map[name]`) is a pretrained class copies
+that pretrained row (weight and bias), the no-object row is copied too, and the other rows keep their fresh
+initialisation.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import DetrConfig, DetrForSegmentation
+
+logger = logging.getLogger(__name__)
+
+CLASS_HEAD_KEYS = ("detr.class_labels_classifier.weight", "detr.class_labels_classifier.bias")
+QUICKSTART_CONFIG = "finetune/configs/quickstart.yaml"
+# DETR trains with the auxiliary decoding losses (one box/class loss per decoder layer); DetrConfig defaults
+# them off, so `load_model` turns them on unless `config_overrides` says otherwise.
+DEFAULT_OVERRIDES: dict[str, Any] = {"auxiliary_loss": True}
+_LABEL_SPACE_KEYS = ("id2label", "label2id", "num_labels")
+
+
+class ModelUnavailableError(RuntimeError):
+    """The checkpoint named by `model_name_or_path` cannot be loaded (no local folder, Hub unreachable)."""
+
+
+def label_space(categories: Sequence[Mapping[str, Any]]) -> tuple[dict[int, str], dict[str, int], list[int]]:
+    """The model's label space from the dataset categories.
+
+    Args:
+        categories: `load_categories(...)` output, dicts with at least `name` and `isthing`.
+
+    Returns:
+        `(id2label, label2id, stuff_label_ids)`: labels are 0..K-1 in the order of `categories`; stuff labels
+        are those whose category has `isthing` False (what inference fuses with `label_ids_to_fuse`).
+    """
+    if not categories:
+        raise ValueError("the dataset has no categories: cannot build a class head with 0 classes")
+    names = [str(c["name"]) for c in categories]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"category names must be unique to label the model, duplicated: {duplicates}")
+    id2label = dict(enumerate(names))
+    label2id = {name: i for i, name in id2label.items()}
+    stuff_label_ids = [i for i, c in enumerate(categories) if not c["isthing"]]
+    return id2label, label2id, stuff_label_ids
+
+
+def map_class_head_rows(
+    new_id2label: Mapping[int, str],
+    pretrained_id2label: Mapping[int, str],
+    class_map: Mapping[str, str] | None = None,
+) -> dict[int, int]:
+    """Which pretrained class-head row warm-starts each new label.
+
+    Args:
+        new_id2label: the dataset's labels {label: name}.
+        pretrained_id2label: the checkpoint's labels {label: name}.
+        class_map: `{new_name: pretrained_name}` for classes named differently (e.g. `{"wall": "wall-other-merged"}`);
+            other classes map by identical name.
+
+    Returns:
+        `{new_label: pretrained_label}` for the mapped labels only (the no-object row is not included).
+
+    Raises:
+        ValueError: a `class_map` key is not a dataset class or a value is not a pretrained class.
+    """
+    class_map = dict(class_map or {})
+    new_names = set(new_id2label.values())
+    pretrained_ids: dict[str, int] = {}
+    for label in sorted(pretrained_id2label, key=int):  # first occurrence wins (COCO has several "N/A")
+        pretrained_ids.setdefault(pretrained_id2label[label], int(label))
+
+    unknown_keys = sorted(k for k in class_map if k not in new_names)
+    if unknown_keys:
+        raise ValueError(f"class_map names classes that are not in the dataset: {unknown_keys}")
+    unknown_values = sorted(v for v in class_map.values() if v not in pretrained_ids)
+    if unknown_values:
+        hints = {v: difflib.get_close_matches(v, list(pretrained_ids), n=3) for v in unknown_values}
+        raise ValueError(
+            f"class_map names classes that the checkpoint does not have (close matches: {hints})"
+        )
+
+    rows = {}
+    for label, name in new_id2label.items():
+        pretrained_name = class_map.get(name, name)
+        if pretrained_name in pretrained_ids:
+            rows[int(label)] = pretrained_ids[pretrained_name]
+    return rows
+
+
+def load_model(
+    model_name_or_path: str | None,
+    categories: Sequence[Mapping[str, Any]],
+    class_map: Mapping[str, str] | None = None,
+    config_overrides: Mapping[str, Any] | None = None,
+) -> DetrForSegmentation:
+    """The `DetrForSegmentation` to fine-tune, labelled with the dataset's categories.
+
+    Args:
+        model_name_or_path: Hub id or local folder of a `DetrForSegmentation` checkpoint (warm start, see the
+            module docstring), or None for a random init from `DetrConfig(**config_overrides)`.
+        categories: the dataset categories (`load_categories(...)`), in label order.
+        class_map: `{dataset_name: pretrained_name}` for warm-starting class-head rows of differently named classes.
+        config_overrides: DetrConfig attributes. With a checkpoint, set on top of its config (loss weights,
+            dropout, `auxiliary_loss`, ...; an override that changes tensor shapes makes loading fail).
+            `auxiliary_loss` defaults to True (DETR's recipe). The label space always comes from `categories`.
+
+    Returns:
+        The model; `model.config` holds `id2label`/`label2id` and `stuff_label_ids` (saved by `save_pretrained`).
+
+    Raises:
+        ModelUnavailableError: `model_name_or_path` is neither a local folder nor loadable from the Hub (offline).
+        ValueError: bad categories, `class_map` or `config_overrides`.
+    """
+    id2label, label2id, stuff_label_ids = label_space(categories)
+    overrides = {**DEFAULT_OVERRIDES, **dict(config_overrides or {})}
+    clashing = sorted(k for k in overrides if k in _LABEL_SPACE_KEYS)
+    if clashing:
+        raise ValueError(
+            f"config_overrides must not set {clashing}: the label space comes from the dataset categories"
+        )
+
+    if model_name_or_path is None:
+        config = DetrConfig(**overrides, id2label=id2label, label2id=label2id)
+        _keep_backbone_offline(config)
+        model = DetrForSegmentation(config)
+        logger.info("Random init from a config: %d labels, d_model %d", len(id2label), config.d_model)
+    else:
+        pretrained = _load_pretrained(str(model_name_or_path))
+        config = copy.deepcopy(pretrained.config)
+        config.id2label, config.label2id = id2label, label2id
+        for key, value in overrides.items():
+            setattr(config, key, value)
+        _keep_backbone_offline(config)
+        model = DetrForSegmentation(config)  # fresh init: what the unmapped class-head rows keep
+        rows = transfer_pretrained_weights(pretrained, model, class_map)
+        log_class_mapping(id2label, pretrained.config.id2label, rows)
+        del pretrained
+    model.config.stuff_label_ids = stuff_label_ids
+    return model
+
+
+def transfer_pretrained_weights(
+    pretrained: DetrForSegmentation,
+    model: DetrForSegmentation,
+    class_map: Mapping[str, str] | None = None,
+) -> dict[int, int]:
+    """Copy every tensor of `pretrained` into `model`, warm-starting the resized class head.
+
+    Args:
+        pretrained: the loaded checkpoint, with its own label space.
+        model: same architecture, the dataset's label space (freshly initialised).
+        class_map: see `map_class_head_rows`.
+
+    Returns:
+        `{new_label: pretrained_label}`: the class-head rows copied (plus the no-object row, always copied).
+    """
+    source = pretrained.state_dict()
+    target = model.state_dict()
+    body = {k: v for k, v in source.items() if k not in CLASS_HEAD_KEYS}
+    mismatched = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(target[k].shape)}"
+        for k, v in body.items()
+        if k in target and target[k].shape != v.shape
+    ]
+    if mismatched:
+        raise ValueError(f"config_overrides changed the architecture of the checkpoint: {mismatched[:5]}")
+    result = model.load_state_dict(body, strict=False)
+    assert sorted(result.missing_keys) == sorted(CLASS_HEAD_KEYS), result.missing_keys  # same architecture
+    assert not result.unexpected_keys, result.unexpected_keys
+
+    rows = map_class_head_rows(model.config.id2label, pretrained.config.id2label, class_map)
+    old_head = pretrained.detr.class_labels_classifier
+    new_head = model.detr.class_labels_classifier
+    with torch.no_grad():
+        for new_label, old_label in rows.items():
+            new_head.weight[new_label] = old_head.weight[old_label]
+            new_head.bias[new_label] = old_head.bias[old_label]
+        new_head.weight[-1] = old_head.weight[-1]  # no-object row
+        new_head.bias[-1] = old_head.bias[-1]
+    return rows
+
+
+def log_class_mapping(
+    new_id2label: Mapping[int, str], pretrained_id2label: Mapping[int, str], rows: Mapping[int, int]
+) -> None:
+    """Log which class-head rows were warm-started (one line per dataset class)."""
+    width = max(len(n) for n in new_id2label.values())
+    lines = [f"{'label':>5}  {'class':<{width}}  warm start from pretrained class"]
+    for label, name in sorted(new_id2label.items()):
+        source = (
+            f"{pretrained_id2label[rows[label]]} (row {rows[label]})" if label in rows else "- (fresh init)"
+        )
+        lines.append(f"{label:>5}  {name:<{width}}  {source}")
+    lines.append(f"{'':>5}  {'no-object':<{width}}  no-object (row {len(pretrained_id2label)})")
+    logger.info(
+        "Class head: %d/%d classes warm-started from the checkpoint\n%s",
+        len(rows),
+        len(new_id2label),
+        "\n".join(lines),
+    )
+
+
+def _load_pretrained(model_name_or_path: str) -> DetrForSegmentation:
+    """Load a checkpoint in its own label space; a Hub id that cannot be reached fails fast and clearly."""
+    local = Path(model_name_or_path).expanduser()
+    try:
+        config = DetrConfig.from_pretrained(str(local) if local.is_dir() else model_name_or_path)
+        _keep_backbone_offline(config)
+        model, info = DetrForSegmentation.from_pretrained(
+            str(local) if local.is_dir() else model_name_or_path, config=config, output_loading_info=True
+        )
+    except OSError as error:
+        if local.is_dir():
+            raise  # a local folder that is not a checkpoint: transformers' message names the missing file
+        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+        raise ModelUnavailableError(
+            f"Cannot load the model {model_name_or_path!r}: it is not a local folder, and it could not be "
+            "fetched from the Hugging Face Hub "
+            f"({'HF_HUB_OFFLINE is set' if offline else 'Hub unreachable, or no such repository'}) "
+            "nor found in the local cache.\n"
+            f"  * To train offline without a checkpoint, use the quickstart config (tiny model built from a "
+            f"config): accelerate launch finetune/train.py --config {QUICKSTART_CONFIG}\n"
+            "  * Or point `model_name_or_path` at a local DetrForSegmentation checkpoint folder (config.json + "
+            "weights, e.g. fetched on a connected machine with "
+            f"`hf download {model_name_or_path} --local-dir checkpoints/detr-panoptic`): "
+            "--model_name_or_path checkpoints/detr-panoptic, or `model_name_or_path:` in the YAML config.\n"
+            f"  (underlying error: {error})"
+        ) from error
+    missing = [k for k in info.get("missing_keys", []) if k not in CLASS_HEAD_KEYS]
+    if missing:
+        logger.warning(
+            "%s is not a complete DetrForSegmentation checkpoint: %d tensors start from a random init "
+            "(e.g. %s); a detection-only checkpoint leaves the mask head untrained.",
+            model_name_or_path,
+            len(missing),
+            missing[:3],
+        )
+    return model
+
+
+def _keep_backbone_offline(config: DetrConfig) -> None:
+    """Never fetch ImageNet backbone weights: the checkpoint (or the random init) provides all of them."""
+    backbone_config = getattr(config, "backbone_config", None)
+    if getattr(backbone_config, "use_pretrained_backbone", False):
+        backbone_config.use_pretrained_backbone = False
+    if getattr(config, "use_pretrained_backbone", False):
+        config.use_pretrained_backbone = False

@@ -1,0 +1,279 @@
+"""The two training stages of DETR panoptic segmentation: which weights train, and with which loss.
+
+Stage `detection` trains `model.detr` (backbone layer2-4, input projection, transformer, query embeddings,
+class and box heads) with the box-only losses; `mask_head` and `bbox_attention` are frozen.
+Stage `masks` freezes `model.detr` and trains `bbox_attention` + `mask_head` with the panoptic loss
+(class, L1, GIoU on the frozen predictions, plus focal and dice on the masks), as in the DETR paper.
+
+Two choices in stage `masks`, both exact with respect to the loss and gradients of the full
+`DetrForSegmentation(..., labels=...)` forward with the same weights in eval mode:
+
+* The frozen DETR runs under `torch.no_grad()` and in `eval()` mode. No autograd graph is kept for the
+  backbone and transformer, and their dropout is off: the mask head learns on the same encoder memory and object
+  embeddings it sees at inference, and a given image always yields the same targets for it. (The reference
+  implementation keeps dropout on in the frozen transformer; with frozen weights that only adds noise to the
+  mask head's inputs.)
+* The Hungarian matching only depends on the frozen class and box predictions, and the mask losses only read the
+  masks of matched queries, so the mask head (the costly part: one FPN upsampling per query at H/4 x W/4) runs
+  on the matched queries only instead of all `num_queries`. `DetrMaskHeadSmallConv` treats each query
+  independently (GroupNorm normalises per sample), so the result is the same as running it on all queries.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from accelerate.utils import extract_model_from_parallel
+from transformers import DetrForSegmentation
+from transformers.loss.loss_for_object_detection import HungarianMatcher, ImageLoss
+
+STAGES = ("detection", "masks")
+MASK_MODULES = ("mask_head", "bbox_attention")
+BACKBONE_PREFIX = "detr.model.backbone."
+# DETR trains ResNet layer2-4 only (stem and layer1 stay frozen, as in the paper and in transformers for
+# HF backbones); names: timm `layer2..4`, transformers ResNetBackbone `encoder.stages.1..3`.
+_TRAINABLE_RESNET_BLOCK = re.compile(r"(^|\.)(layer[234]|stages\.[123])\.")
+
+Labels = list[dict[str, torch.Tensor]]
+
+
+def _check_stage(stage: str) -> None:
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}: expected one of {STAGES}")
+
+
+def unwrap_model(model: torch.nn.Module) -> DetrForSegmentation:
+    """The `DetrForSegmentation` inside an Accelerate/DDP/compiled wrapper (or the model itself)."""
+    return extract_model_from_parallel(model, keep_fp32_wrapper=True)
+
+
+def _backbone_is_resnet(model: DetrForSegmentation) -> bool:
+    backbone_config = model.config.backbone_config
+    name = getattr(backbone_config, "backbone", None) or getattr(backbone_config, "model_type", "")
+    return "resnet" in str(name)
+
+
+def is_trainable(name: str, stage: str, resnet_backbone: bool = True) -> bool:
+    """Whether the parameter `name` (from `DetrForSegmentation.named_parameters()`) trains in `stage`."""
+    _check_stage(stage)
+    in_detr = name.startswith("detr.")
+    if stage == "masks":
+        return not in_detr
+    if name.startswith(BACKBONE_PREFIX) and resnet_backbone:
+        return bool(_TRAINABLE_RESNET_BLOCK.search(name[len(BACKBONE_PREFIX) :]))
+    return in_detr
+
+
+def freeze_for_stage(model: torch.nn.Module, stage: str) -> list[torch.nn.Parameter]:
+    """Set `requires_grad` for `stage` and return the trainable parameters.
+
+    detection: `model.detr` trainable (except the ResNet stem and layer1), `mask_head` + `bbox_attention` frozen.
+    masks: `mask_head` + `bbox_attention` trainable, all of `model.detr` frozen.
+
+    Args:
+        model: a `DetrForSegmentation`, possibly wrapped by Accelerate/DDP.
+        stage: one of `STAGES`.
+    """
+    inner = unwrap_model(model)
+    resnet = _backbone_is_resnet(inner)
+    trainable = []
+    for name, parameter in inner.named_parameters():
+        train = is_trainable(name, stage, resnet)
+        parameter.requires_grad_(train)
+        if train:
+            trainable.append(parameter)
+    return trainable
+
+
+def param_groups(
+    model: torch.nn.Module, stage: str, lr: float, backbone_lr: float, weight_decay: float
+) -> list[dict[str, Any]]:
+    """Optimizer parameter groups for `stage`, holding only its trainable parameters.
+
+    Applies `freeze_for_stage` first, so that the optimizer and the `requires_grad` flags cannot disagree.
+    As in DETR, the backbone gets `backbone_lr` and weight decay applies to every parameter.
+
+    Returns:
+        `[{"params", "lr", "weight_decay", "name"}]`, non-empty groups only: `"transformer"` (stage
+        detection) or `"mask_head"` (stage masks), then `"backbone"`.
+    """
+    inner = unwrap_model(model)
+    freeze_for_stage(inner, stage)
+    backbone, rest = [], []
+    for name, parameter in inner.named_parameters():
+        if parameter.requires_grad:
+            (backbone if name.startswith(BACKBONE_PREFIX) else rest).append(parameter)
+    groups = [
+        {
+            "params": rest,
+            "lr": lr,
+            "weight_decay": weight_decay,
+            "name": "transformer" if stage == "detection" else "mask_head",
+        },
+        {"params": backbone, "lr": backbone_lr, "weight_decay": weight_decay, "name": "backbone"},
+    ]
+    return [g for g in groups if g["params"]]
+
+
+def compute_stage_loss(
+    model: torch.nn.Module,
+    stage: str,
+    pixel_values: torch.Tensor,
+    pixel_mask: torch.Tensor | None,
+    labels: Labels,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The training loss of one batch in `stage`.
+
+    Args:
+        model: a `DetrForSegmentation`, possibly wrapped by Accelerate. A DistributedDataParallel wrapper is called
+            (its forward is temporarily routed to the stage loss) so that gradients are synchronised; for mixed
+            precision, call this inside `accelerator.autocast()`.
+        stage: `"detection"` (box-only losses of `model.detr`) or `"masks"` (panoptic loss, DETR frozen).
+        pixel_values: (B, 3, H, W) float, normalised.
+        pixel_mask: (B, H, W), 1 on real pixels and 0 on padding (None = no padding).
+        labels: per image `class_labels` (N,) int64, `boxes` (N, 4) normalised cxcywh, `masks` (N, H, W) float
+            (stage `masks`); N may be 0.
+
+    Returns:
+        `(loss, components)`: the weighted total (scalar, with grad) and the detached components of
+        `loss_dict` (`loss_ce`, `loss_bbox`, `loss_giou`, `cardinality_error`, per-layer `_i` auxiliary losses,
+        plus `loss_mask` and `loss_dice` in stage `masks`).
+    """
+    _check_stage(stage)
+    loss_fn = _detection_loss if stage == "detection" else _masks_loss
+    inner = unwrap_model(model)
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        loss, components = _call_through_wrapper(model, inner, loss_fn, pixel_values, pixel_mask, labels)
+    else:
+        loss, components = loss_fn(inner, pixel_values, pixel_mask, labels)
+    return loss, {k: v.detach() for k, v in components.items()}
+
+
+def _call_through_wrapper(wrapper: torch.nn.Module, inner: torch.nn.Module, fn: Callable, *args: Any) -> Any:
+    """Run `fn(inner, *args)` as the wrapper's forward: DDP prepares its gradient all-reduce only for calls that
+    go through `DistributedDataParallel.forward`, which ends by calling `inner(...)`."""
+    saved = inner.__dict__.get("forward")  # Accelerate may have patched an instance-level forward
+    inner.forward = functools.partial(fn, inner)
+    try:
+        return wrapper(*args)
+    finally:
+        if saved is None:
+            del inner.forward
+        else:
+            inner.forward = saved
+
+
+def _detection_loss(
+    model: DetrForSegmentation, pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None, labels: Labels
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Box-only losses (class CE, L1, GIoU, auxiliary per decoder layer if `config.auxiliary_loss`)."""
+    output = model.detr(pixel_values=pixel_values, pixel_mask=pixel_mask, labels=labels)
+    return output.loss, output.loss_dict
+
+
+def _masks_loss(
+    model: DetrForSegmentation, pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None, labels: Labels
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Full panoptic loss; gradients reach `bbox_attention` and `mask_head` only (see the module docstring)."""
+    config = model.config
+    detr = model.detr
+    # 1. Frozen DETR, no graph. Its own loss gives the class/box terms (constants here); the hooks keep the
+    #    backbone feature maps (B, C_i, H/4..H/32, W/4..W/32) and the projected Res5 map (B, d, H/32, W/32).
+    with (
+        torch.no_grad(),
+        _eval_mode(detr),
+        _captured_output(detr.model.backbone) as backbone,
+        _captured_output(detr.model.input_projection) as projection,
+    ):
+        detection = detr(pixel_values=pixel_values, pixel_mask=pixel_mask, labels=labels)
+    feature_maps = backbone["output"]  # [(feature_map, mask)] at strides 4, 8, 16, 32
+    projected = projection["output"]
+    batch_size, d_model, height, width = projected.shape
+    memory = detection.encoder_last_hidden_state.transpose(1, 2).reshape(batch_size, d_model, height, width)
+    valid = feature_maps[-1][1]  # (B, H/32, W/32) bool, False on padding
+    attention_bias = torch.zeros(valid.shape, dtype=memory.dtype, device=memory.device)
+    attention_bias = attention_bias.masked_fill(~valid, torch.finfo(memory.dtype).min)[:, None, None]
+
+    # 2. Attention of each object embedding over the encoder memory: (B, Q, heads, H/32, W/32).
+    attention_maps = model.bbox_attention(detection.last_hidden_state, memory, attention_mask=attention_bias)
+
+    # 3. Matching (class + box costs of the frozen predictions), then the mask head on matched queries only.
+    matcher = HungarianMatcher(
+        class_cost=config.class_cost, bbox_cost=config.bbox_cost, giou_cost=config.giou_cost
+    )
+    indices = matcher({"logits": detection.logits, "pred_boxes": detection.pred_boxes}, labels)
+    batch_idx = torch.cat([torch.full_like(src, i) for i, (src, _) in enumerate(indices)]).to(memory.device)
+    query_idx = torch.cat([src for src, _ in indices]).to(memory.device)
+    if batch_idx.numel() == 0:
+        # No target in the batch: run one query anyway so that every trainable parameter is in the graph
+        # (backward works, DDP sees all its parameters); the loss does not read it, its gradient is 0.
+        batch_idx = query_idx = torch.zeros(1, dtype=torch.long, device=memory.device)
+    fpn_features = [feature_maps[2][0], feature_maps[1][0], feature_maps[0][0]]  # Res4, Res3, Res2
+    matched_masks = model.mask_head(
+        features=projected[batch_idx],
+        attention_masks=attention_maps[batch_idx, query_idx].unsqueeze(1),
+        fpn_features=[f[batch_idx] for f in fpn_features],
+    )  # (M, 1, H/4, W/4)
+    num_queries = attention_maps.shape[1]
+    pred_masks = matched_masks.new_zeros(batch_size, num_queries, *matched_masks.shape[-2:])
+    pred_masks = pred_masks.index_put((batch_idx, query_idx), matched_masks[:, 0])
+
+    # 4. Focal + dice on the matched masks with transformers' criterion, reusing the matching above.
+    criterion = ImageLoss(
+        matcher=_FixedMatcher(indices),
+        num_classes=config.num_labels,
+        eos_coef=config.eos_coefficient,
+        losses=["masks"],
+    )
+    mask_losses = criterion(
+        {"logits": detection.logits, "pred_boxes": detection.pred_boxes, "pred_masks": pred_masks}, labels
+    )
+    loss = (
+        detection.loss
+        + config.mask_loss_coefficient * mask_losses["loss_mask"]
+        + config.dice_loss_coefficient * mask_losses["loss_dice"]
+    )
+    return loss, {**detection.loss_dict, **mask_losses}
+
+
+class _FixedMatcher(torch.nn.Module):
+    """A matcher returning indices computed beforehand (the same matching `HungarianMatcher` gives)."""
+
+    def __init__(self, indices: list[tuple[torch.Tensor, torch.Tensor]]):
+        super().__init__()
+        self.indices = indices
+
+    def forward(self, outputs: dict, targets: Labels) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return self.indices
+
+
+@contextmanager
+def _eval_mode(module: torch.nn.Module) -> Iterator[None]:
+    """Put `module` in eval mode, restoring each submodule's previous mode afterwards."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+@contextmanager
+def _captured_output(module: torch.nn.Module) -> Iterator[dict[str, Any]]:
+    """Record the output of `module`'s next forward under the key `"output"`."""
+    captured: dict[str, Any] = {}
+
+    def hook(_module: torch.nn.Module, _inputs: Any, output: Any) -> None:
+        captured["output"] = output
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield captured
+    finally:
+        handle.remove()
