@@ -1,0 +1,292 @@
+"""Predict panoptic segmentations of images with a trained checkpoint; write COCO-panoptic + overlays.
+
+    python finetune/predict.py photos/ more/*.jpg one.png --model outputs/quickstart/final --out preds
+
+For every image that can be read:
+  * ``OUT/panoptic_predictions/<stem>.png``: the segment-id PNG (id = R + 256 G + 256^2 B),
+  * an entry in ``OUT/panoptic_predictions.json`` (COCO-panoptic: images, annotations with
+    segments_info, categories from the model config), so that
+    ``python -m finetune.panoptic_quality --gt-json ... --pred-json OUT/panoptic_predictions.json``
+    can score it,
+  * ``OUT/overlays/<stem>.png``: the photo with class colours, outlines, names and a legend.
+
+Image and category ids: with ``--gt-json`` (the dataset's panoptic JSON) they are taken from it
+(images matched by file name, categories by name), so the predictions are scored against that
+ground truth directly; without it, images are numbered 1..N in input order and category ids come
+from ``config.category_ids`` when the checkpoint has them, else label id + 1.
+
+Unreadable or corrupt images are reported (file name and reason) and skipped. Exit status: 0 when at
+least one image was processed, 1 when none could be (nothing found, or every file unreadable),
+2 for a usage error (bad arguments, model that cannot be loaded).
+Every file is written atomically (temporary file + rename), the JSON last.
+"""
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: import the repo's packages, not this folder's modules
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import argparse
+import glob
+import io
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image
+from tqdm.auto import tqdm
+
+from dataset_scripts.atomic_io import atomic_write_bytes, atomic_write_json
+from dataset_scripts.cvat_records import ConversionError
+from dataset_scripts.image_io import load_upright_rgb
+from dataset_scripts.panoptic_format import load_json, write_panoptic_png
+from finetune.inference import (
+    DEFAULT_THRESHOLD,
+    ModelLoadError,
+    PanopticPrediction,
+    PanopticPredictor,
+    label_color,
+    render_overlay,
+)
+
+logger = logging.getLogger("predict")
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+PREDICTIONS_JSON = "panoptic_predictions.json"
+PREDICTIONS_DIR = "panoptic_predictions"
+OVERLAYS_DIR = "overlays"
+
+
+@dataclass
+class PredictSummary:
+    """What a run did: images processed, images skipped (path, reason), where the JSON is."""
+
+    processed: int
+    skipped: list[tuple[str, str]]
+    json_path: Path
+
+
+def collect_images(inputs: Iterable[str]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Expand files, folders (recursively, image suffixes only) and globs into image paths.
+
+    Returns:
+        (paths in a stable order without duplicates, [(input, reason)] for inputs matching nothing).
+    """
+    paths: list[Path] = []
+    problems: list[tuple[str, str]] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file():
+            found = [path]
+        else:
+            found = sorted(Path(p) for p in glob.glob(item, recursive=True) if Path(p).is_file())
+        if not found:
+            problems.append((item, "no such file, or no image in that folder / glob"))
+        paths.extend(found)
+    unique = list(dict.fromkeys(p.resolve() for p in paths))
+    return unique, problems
+
+
+def output_stems(paths: Sequence[Path]) -> list[str]:
+    """A unique output name per image: the file stem, suffixed ``-2``, ``-3``... on collisions."""
+    seen: dict[str, int] = {}
+    stems = []
+    for path in paths:
+        count = seen.get(path.stem, 0) + 1
+        seen[path.stem] = count
+        stems.append(path.stem if count == 1 else f"{path.stem}-{count}")
+    return stems
+
+
+def model_categories(predictor: PanopticPredictor, gt_categories: list[dict] | None) -> list[dict[str, Any]]:
+    """COCO categories of the model's labels (id, name, isthing 0/1, color, supercategory)."""
+    by_name = {c["name"]: c for c in gt_categories or []}
+    categories = []
+    for label, name in sorted(predictor.id2label.items()):
+        if gt_categories is not None:
+            if name not in by_name:
+                raise ValueError(f"model label '{name}' is not a category of the --gt-json file")
+            cat_id = int(by_name[name]["id"])
+        elif predictor.category_ids is not None:
+            cat_id = predictor.category_ids[label]
+        else:
+            cat_id = label + 1
+        isthing = label not in predictor.stuff_label_ids
+        categories.append(
+            {
+                "id": cat_id,
+                "name": name,
+                "isthing": int(isthing),
+                "color": list(label_color(label)),
+                "supercategory": "thing" if isthing else "stuff",
+            }
+        )
+    return categories
+
+
+def prediction_annotation(
+    prediction: PanopticPrediction, image_id: Any, png_name: str, label_to_category: dict[int, int]
+) -> dict[str, Any]:
+    """The COCO-panoptic annotation of one prediction (segment ids as in the PNG)."""
+    return {
+        "image_id": image_id,
+        "file_name": png_name,
+        "segments_info": [
+            {
+                "id": seg["id"],
+                "category_id": label_to_category[seg["label_id"]],
+                "iscrowd": 0,
+                "bbox": seg["bbox"],
+                "area": seg["area"],
+                "score": round(seg["score"], 6),
+            }
+            for seg in prediction.segments
+        ],
+    }
+
+
+def _png_bytes(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def predict_images(
+    paths: Sequence[Path],
+    predictor: PanopticPredictor,
+    out_dir: str | Path,
+    gt_json: str | Path | None = None,
+    overlays: bool = True,
+    progress: bool = True,
+) -> PredictSummary:
+    """Predict every image, writing PNGs, overlays and the COCO-panoptic JSON under `out_dir`.
+
+    Images that cannot be decoded are logged and skipped. Batches follow ``predictor.batch_size``.
+    """
+    out_dir = Path(out_dir)
+    gt = load_json(gt_json) if gt_json is not None else None
+    categories = model_categories(predictor, gt["categories"] if gt else None)
+    label_to_category = {
+        label: cat["id"] for label, cat in zip(sorted(predictor.id2label), categories, strict=True)
+    }
+    gt_image_ids = {Path(img["file_name"]).name: img["id"] for img in gt["images"]} if gt else {}
+
+    skipped: list[tuple[str, str]] = []
+    images_json: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
+    stems = output_stems(paths)
+    bar = tqdm(total=len(paths), desc="predict", unit="img", disable=not progress)
+    for start in range(0, len(paths), predictor.batch_size):
+        batch: list[tuple[Path, str, Image.Image]] = []
+        for path, stem in zip(paths[start : start + predictor.batch_size], stems[start:], strict=False):
+            try:
+                image, _ = load_upright_rgb(path)
+            except ConversionError as err:
+                logger.error("skipped %s: %s", path, err)
+                skipped.append((str(path), str(err)))
+                bar.update(1)
+                continue
+            batch.append((path, stem, image))
+        if not batch:
+            continue
+        predictions = predictor.predict([image for _, _, image in batch])
+        for (path, stem, image), prediction in zip(batch, predictions, strict=True):
+            if gt:
+                if path.name not in gt_image_ids:
+                    logger.warning("%s is not an image of %s: numbered after them", path.name, gt_json)
+                image_id = gt_image_ids.get(
+                    path.name, max(gt_image_ids.values(), default=0) + len(images_json) + 1
+                )
+            else:
+                image_id = len(images_json) + 1
+            png_name = f"{stem}.png"
+            write_panoptic_png(out_dir / PREDICTIONS_DIR / png_name, prediction.ids)
+            if overlays:
+                atomic_write_bytes(
+                    out_dir / OVERLAYS_DIR / png_name, _png_bytes(render_overlay(image, prediction))
+                )
+            images_json.append(
+                {"id": image_id, "file_name": path.name, "width": image.width, "height": image.height}
+            )
+            annotations.append(prediction_annotation(prediction, image_id, png_name, label_to_category))
+            bar.update(1)
+    bar.close()
+
+    json_path = out_dir / PREDICTIONS_JSON
+    if annotations:
+        atomic_write_json(
+            json_path,
+            {
+                "info": {
+                    "description": "panoptic predictions (finetune/predict.py)",
+                    "threshold": predictor.threshold,
+                },
+                "images": images_json,
+                "annotations": annotations,
+                "categories": categories,
+            },
+        )
+    return PredictSummary(processed=len(annotations), skipped=skipped, json_path=json_path)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Panoptic predictions (COCO-panoptic PNG + JSON, colour overlays) for images.",
+        epilog="Exit status: 0 if at least one image was processed, 1 if none could be, 2 on a usage error.",
+    )
+    parser.add_argument(
+        "images", nargs="+", help="image files, folders (searched recursively) or glob patterns"
+    )
+    parser.add_argument("--model", required=True, help="checkpoint folder (output_dir/final) or Hub model id")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="minimum query score")
+    parser.add_argument("--batch-size", type=int, default=4, help="images per forward pass")
+    parser.add_argument("--device", default=None, help="cuda, cpu... (default: cuda when available)")
+    parser.add_argument("--gt-json", default=None, help="dataset panoptic JSON giving image and category ids")
+    parser.add_argument("--no-overlays", action="store_true", help="write only the PNGs and the JSON")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    paths, problems = collect_images(args.images)
+    for item, reason in problems:
+        logger.error("%s: %s", item, reason)
+    if not paths:
+        logger.error("no image to process")
+        return 1
+    try:
+        predictor = PanopticPredictor.from_pretrained(
+            args.model, threshold=args.threshold, device=args.device, batch_size=args.batch_size
+        )
+        summary = predict_images(
+            paths,
+            predictor,
+            args.out,
+            gt_json=args.gt_json,
+            overlays=not args.no_overlays,
+            progress=not args.quiet,
+        )
+    except (ModelLoadError, ValueError, FileNotFoundError) as err:
+        logger.error("%s", err)
+        return 2
+    logger.info(
+        "%d image(s) processed on %s, %d skipped; predictions: %s",
+        summary.processed,
+        predictor.device,
+        len(summary.skipped),
+        summary.json_path if summary.processed else "-",
+    )
+    for path, reason in summary.skipped:
+        logger.info("  skipped %s (%s)", path, reason)
+    return 0 if summary.processed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
