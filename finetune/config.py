@@ -1,0 +1,425 @@
+"""The typed configuration of a training run: a dataclass tree, YAML/JSON files, CLI overrides.
+
+A run is described by one `TrainingConfig` with one section per concern::
+
+    model:      which weights to start from (Hub id, local folder, or a config for a random init)
+    data:       which dataset, augmentation, image sizes, loader workers
+    detection:  stage 1 (box model): epochs, batch size, optimiser, LR schedule
+    masks:      stage 2 (mask head, detection frozen): the same fields
+    eval:       how often and how to evaluate (post-processing thresholds)
+    run:        output folder, seed, stages to run, resuming, mixed precision, accumulation, checkpoints
+    logging:    trackers (`report_to`), logging interval
+    hub:        pushing the final model
+
+The YAML file mirrors this tree (`finetune/configs/default.yaml`). Every field can be overridden on
+the command line with a flat `--name value`: section fields keep their name (`--output_dir`,
+`--model_name_or_path`, `--seed`), stage fields are prefixed by the stage (`--detection_epochs 50`,
+`--masks_lr 1e-4`). Lists take comma-separated values (`--stages detection,masks`), dicts take JSON
+(`--config_overrides '{"d_model": 64}'`). Precedence: CLI > file > dataclass defaults.
+
+Parsing uses `transformers.HfArgumentParser` over flat dataclasses generated from the sections (it only
+understands flat dataclasses); the result is assembled back into the tree and validated once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+STAGE_NAMES = ("detection", "masks")
+MIXED_PRECISION_CHOICES = ("no", "fp16", "bf16", "fp8")
+
+
+class ConfigError(ValueError):
+    """A configuration file or command-line override is invalid (message names the key)."""
+
+
+@dataclass
+class ModelConfig:
+    """Where the weights come from."""
+
+    model_name_or_path: str | None = "facebook/detr-resnet-50-panoptic"
+    """Hub id or local folder of a `DetrForSegmentation` checkpoint; null = random init from `config_overrides`."""
+    config_overrides: dict = field(default_factory=dict)
+    """`DetrConfig` keyword arguments for a random init (used when `model_name_or_path` is null)."""
+    class_map: dict = field(default_factory=dict)
+    """Warm start of class-head rows: {dataset label name: pretrained label name}, e.g. wall: wall-other-merged."""
+
+
+@dataclass
+class DataConfig:
+    """Dataset source, augmentation and loading."""
+
+    dataset_dir: str | None = None
+    """A `datasets.save_to_disk` folder or a COCO-panoptic folder (interface 1); null = build from the bundled sample."""
+    sample_exports: list[str] = field(
+        default_factory=lambda: ["sample_data/cvat_task_materials", "sample_data/cvat_task_machines"]
+    )
+    """CVAT exports converted into `output_dir/dataset` when `dataset_dir` is null (relative to the repo root)."""
+    sample_stuff_labels: list[str] = field(default_factory=lambda: ["floor", "wall", "sky", "ground"])
+    sample_val_ratio: float = 0.25
+    train_split: str = "train"
+    eval_split: str = "val"
+    max_train_samples: int | None = None
+    """Use only the first N training images (quick experiments, tests)."""
+    max_eval_samples: int | None = None
+    train_scales: list[int] = field(
+        default_factory=lambda: [480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800]
+    )
+    """Shortest-edge sizes drawn per image (DETR's multi-scale training)."""
+    max_size: int = 1333
+    hflip_prob: float = 0.5
+    random_crop: bool = True
+    """DETR's 50% random resized crop branch: resize to `crop_resize_scales`, crop, then multi-scale resize."""
+    crop_resize_scales: list[int] = field(default_factory=lambda: [400, 500, 600])
+    crop_min_size: int = 384
+    crop_max_size: int = 600
+    eval_size: int = 800
+    """Shortest edge at evaluation; also the size saved in the final image processor."""
+    eval_max_size: int = 1333
+    num_workers: int = 2
+    pin_memory: bool = True
+
+
+@dataclass
+class StageConfig:
+    """One training stage (`detection` or `masks`). CLI names are prefixed: `--detection_epochs`."""
+
+    epochs: int = 1
+    batch_size: int = 2
+    lr: float = 1e-4
+    backbone_lr: float = 1e-5
+    weight_decay: float = 1e-4
+    max_grad_norm: float | None = 0.1
+    """Gradient-norm clip (DETR: 0.1); null = no clipping."""
+    lr_drop_epochs: int | None = None
+    """Epochs after which the LR is multiplied by `lr_gamma` (StepLR); null = at 2/3 of the stage."""
+    lr_gamma: float = 0.1
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation during and after training."""
+
+    eval_every_epochs: int = 1
+    eval_batch_size: int = 2
+    """Evaluate after every N-th epoch of a stage (and always after its last epoch); 0 = only after the last."""
+    threshold: float = 0.85
+    """Minimum class score of a query kept by panoptic post-processing (DETR's demo uses 0.85)."""
+    mask_threshold: float = 0.5
+    overlap_mask_area_threshold: float = 0.8
+
+
+@dataclass
+class RunConfig:
+    """The run as a whole."""
+
+    output_dir: str = "outputs/detr-panoptic"
+    seed: int = 42
+    stages: list[str] = field(default_factory=lambda: list(STAGE_NAMES))
+    resume_from_checkpoint: str | None = None
+    """`latest` (newest checkpoint in `output_dir/checkpoints`) or a checkpoint folder."""
+    overwrite_output_dir: bool = False
+    mixed_precision: str = "no"
+    gradient_accumulation_steps: int = 1
+    save_total_limit: int | None = 2
+    """Keep the N newest epoch checkpoints (null = keep all). `best_<stage>/` is kept separately."""
+    debug_nan_loss_at_step: int | None = None
+    """Testing aid: replace the loss by NaN at this global step (checks the non-finite-loss guard)."""
+
+
+@dataclass
+class LoggingConfig:
+    report_to: list[str] = field(default_factory=list)
+    """Accelerate trackers (`tensorboard`, `wandb`, ...); `all` = every installed one; empty = JSON lines only."""
+    logging_steps: int = 10
+    """Write a training-loss line to metrics.jsonl / the trackers every N optimiser steps."""
+    project_name: str = "detr-panoptic"
+
+
+@dataclass
+class HubConfig:
+    push_to_hub: bool = False
+    hub_model_id: str | None = None
+    hub_private: bool = False
+
+
+@dataclass
+class TrainingConfig:
+    """The whole run. Build with `parse_config(argv)` or `TrainingConfig.from_dict(...)`."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    detection: StageConfig = field(default_factory=lambda: StageConfig(epochs=50))
+    masks: StageConfig = field(default_factory=lambda: StageConfig(epochs=25))
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    hub: HubConfig = field(default_factory=HubConfig)
+
+    def stage(self, name: str) -> StageConfig:
+        """The section of stage `name` (`detection` or `masks`)."""
+        return getattr(self, name)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> TrainingConfig:
+        """Build from a nested dict (a parsed YAML file); unknown sections or keys raise `ConfigError`."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a mapping of sections, got {type(data).__name__}")
+        sections = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(sections))
+        if unknown:
+            raise ConfigError(f"{source}: unknown section(s) {unknown}; valid sections: {sorted(sections)}")
+        defaults = cls()
+        built = {}
+        for name in sections:
+            section_default = getattr(defaults, name)
+            values = data.get(name) or {}
+            if not isinstance(values, dict):
+                raise ConfigError(
+                    f"{source}: section '{name}' must be a mapping, got {type(values).__name__}"
+                )
+            known = {f.name for f in dataclasses.fields(section_default)}
+            bad = sorted(set(values) - known)
+            if bad:
+                raise ConfigError(
+                    f"{source}: unknown key(s) {bad} in section '{name}'; valid keys: {sorted(known)}"
+                )
+            built[name] = dataclasses.replace(section_default, **values)
+        return cls(**built)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def save(self, path: str | Path) -> None:
+        """Write `training_config.yaml` (loadable with `load_config_file`)."""
+        Path(path).write_text(self.to_yaml(), encoding="utf-8")
+
+    def validate(self) -> TrainingConfig:
+        """Check values once, raising `ConfigError` naming the offending key; returns self."""
+        _check_types(self)
+        stages = self.run.stages
+        if not stages:
+            raise ConfigError("run.stages: give at least one stage of " + ", ".join(STAGE_NAMES))
+        bad = [s for s in stages if s not in STAGE_NAMES]
+        if bad:
+            raise ConfigError(f"run.stages: unknown stage(s) {bad}; valid: {list(STAGE_NAMES)}")
+        if len(set(stages)) != len(stages) or list(stages) != sorted(stages, key=STAGE_NAMES.index):
+            raise ConfigError(f"run.stages: {stages} must be distinct and in the order {list(STAGE_NAMES)}")
+        for name in STAGE_NAMES:
+            st = self.stage(name)
+            for key in ("lr", "backbone_lr"):
+                if not getattr(st, key) > 0 or not math.isfinite(getattr(st, key)):
+                    raise ConfigError(f"{name}.{key} must be a positive number, got {getattr(st, key)}")
+            for key in ("epochs", "batch_size"):
+                if getattr(st, key) < 1:
+                    raise ConfigError(f"{name}.{key} must be >= 1, got {getattr(st, key)}")
+            if st.weight_decay < 0:
+                raise ConfigError(f"{name}.weight_decay must be >= 0, got {st.weight_decay}")
+            if st.max_grad_norm is not None and st.max_grad_norm <= 0:
+                raise ConfigError(f"{name}.max_grad_norm must be > 0 or null, got {st.max_grad_norm}")
+            if st.lr_drop_epochs is not None and st.lr_drop_epochs < 1:
+                raise ConfigError(f"{name}.lr_drop_epochs must be >= 1 or null, got {st.lr_drop_epochs}")
+            if not 0 < st.lr_gamma <= 1:
+                raise ConfigError(f"{name}.lr_gamma must be in (0, 1], got {st.lr_gamma}")
+        if self.model.model_name_or_path is None and not self.model.config_overrides:
+            raise ConfigError(
+                "model.config_overrides must describe the DetrConfig when model_name_or_path is null"
+            )
+        if self.run.mixed_precision not in MIXED_PRECISION_CHOICES:
+            raise ConfigError(
+                f"run.mixed_precision must be one of {list(MIXED_PRECISION_CHOICES)}, got {self.run.mixed_precision!r}"
+            )
+        if self.run.gradient_accumulation_steps < 1:
+            raise ConfigError("run.gradient_accumulation_steps must be >= 1")
+        if self.run.save_total_limit is not None and self.run.save_total_limit < 1:
+            raise ConfigError("run.save_total_limit must be >= 1 or null")
+        if self.eval.eval_every_epochs < 0:
+            raise ConfigError("eval.eval_every_epochs must be >= 0")
+        if self.eval.eval_batch_size < 1:
+            raise ConfigError("eval.eval_batch_size must be >= 1")
+        if not self.data.train_scales:
+            raise ConfigError("data.train_scales must list at least one size")
+        if min(self.data.train_scales + [self.data.eval_size, self.data.max_size]) < 1:
+            raise ConfigError("data: image sizes must be positive")
+        if self.data.num_workers < 0:
+            raise ConfigError("data.num_workers must be >= 0")
+        if self.logging.logging_steps < 1:
+            raise ConfigError("logging.logging_steps must be >= 1")
+        if self.hub.push_to_hub and not self.hub.hub_model_id:
+            raise ConfigError(
+                "hub.push_to_hub needs hub.hub_model_id (e.g. --hub_model_id user/detr-construction)"
+            )
+        return self
+
+
+# --------------------------------------------------------------------------------------------- type checks
+
+
+def _resolved_fields(section_type: type) -> list[tuple[dataclasses.Field, Any]]:
+    hints = typing.get_type_hints(section_type)
+    return [(f, hints[f.name]) for f in dataclasses.fields(section_type)]
+
+
+def _base_type(tp: Any) -> tuple[Any, bool]:
+    """(the type without `None`, whether None is allowed)."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Union or origin is types.UnionType:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0], len(args) < len(typing.get_args(tp))
+    return tp, False
+
+
+def _check_types(config: TrainingConfig) -> None:
+    """YAML gives untyped values: check each against its annotation (ints accepted for floats)."""
+    for section_field in dataclasses.fields(config):
+        section = getattr(config, section_field.name)
+        for f, tp in _resolved_fields(type(section)):
+            value = getattr(section, f.name)
+            base, optional = _base_type(tp)
+            key = f"{section_field.name}.{f.name}"
+            if value is None:
+                if not optional:
+                    raise ConfigError(f"{key} must not be null")
+                continue
+            origin = typing.get_origin(base) or base
+            if origin is float and isinstance(value, int) and not isinstance(value, bool):
+                setattr(section, f.name, float(value))
+                continue
+            ok = isinstance(value, origin) and not (origin is int and isinstance(value, bool))
+            if ok and origin is list:
+                (item_type,) = typing.get_args(base)
+                ok = all(isinstance(v, item_type) for v in value)
+            if not ok:
+                raise ConfigError(f"{key} must be of type {base}, got {value!r}")
+
+
+# ------------------------------------------------------------------------------------------ file + CLI
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML or JSON config file into a nested dict (sections)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{path}: cannot parse: {err}") from err
+    return data or {}
+
+
+def _cli_name(section: str, name: str) -> str:
+    return f"{section}_{name}" if section in STAGE_NAMES else name
+
+
+def _cli_dataclasses() -> tuple[list[type], dict[str, tuple[str, str, Any]]]:
+    """Flat dataclasses for `HfArgumentParser`: every field optional with default None (= not given).
+
+    Returns the dataclasses and {cli name: (section, field name, field type)}.
+    """
+    classes, index = [], {}
+    for section_field in dataclasses.fields(TrainingConfig):
+        section = section_field.name
+        section_type = type(getattr(TrainingConfig(), section))
+        flat = []
+        for f, tp in _resolved_fields(section_type):
+            name = _cli_name(section, f.name)
+            assert name not in index, (
+                f"duplicate CLI name {name}"
+            )  # field names must stay unique across sections
+            index[name] = (section, f.name, tp)
+            base, _ = _base_type(tp)
+            # Values come as strings and are converted by `_convert_cli_value` (lists "a,b", dicts as JSON,
+            # "null" for optional fields); booleans keep HfArgumentParser's `--flag` / `--flag false` handling.
+            cli_type = bool if base is bool else (str | None)  # bool + default None: `--flag` alone = True
+            doc = f"{section}.{f.name} ({tp})".replace("typing.", "")
+            flat.append((name, cli_type, field(default=None, metadata={"help": doc})))
+        classes.append(dataclasses.make_dataclass(f"{section.title()}Args", flat))
+    return classes, index
+
+
+def _convert_cli_value(key: str, raw: Any, tp: Any) -> Any:
+    base, optional = _base_type(tp)
+    if isinstance(raw, str) and optional and raw.lower() in ("null", "none"):
+        return None
+    origin = typing.get_origin(base)
+    if origin is list:
+        (item_type,) = typing.get_args(base)
+        items = [s.strip() for s in raw.split(",") if s.strip()]
+        try:
+            return [item_type(s) for s in items]
+        except ValueError as err:
+            raise ConfigError(
+                f"--{key}: expected comma-separated {item_type.__name__} values, got {raw!r}"
+            ) from err
+    if origin is dict or base is dict:
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"--{key}: expected a JSON object, got {raw!r}") from err
+        if not isinstance(value, dict):
+            raise ConfigError(f"--{key}: expected a JSON object, got {raw!r}")
+        return value
+    if base in (int, float):
+        try:
+            return base(raw)
+        except ValueError as err:
+            raise ConfigError(f"--{key}: expected {base.__name__}, got {raw!r}") from err
+    return raw
+
+
+def parse_config(argv: list[str] | None = None) -> TrainingConfig:
+    """Parse `[--config FILE] [--key value ...]` into a validated `TrainingConfig`.
+
+    Args:
+        argv: command-line arguments without the program name (None = `sys.argv[1:]`).
+
+    Raises:
+        ConfigError: unknown keys, bad values, unreadable file.
+    """
+    from transformers import HfArgumentParser
+
+    classes, index = _cli_dataclasses()
+    parser = HfArgumentParser(classes, description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--config", default=None, help="YAML or JSON file (sections as in finetune/configs/)."
+    )
+    parsed = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    *flat_args, remaining = parsed
+    if remaining:
+        raise ConfigError(f"unknown command-line argument(s): {remaining}")
+    config_path = None
+    overrides: dict[str, dict[str, Any]] = {}
+    for obj in flat_args:
+        for key, raw in vars(obj).items():
+            if key == "config":
+                config_path = raw
+                continue
+            if raw is None or key not in index:
+                continue
+            section, name, tp = index[key]
+            overrides.setdefault(section, {})[name] = _convert_cli_value(key, raw, tp)
+    data = load_config_file(config_path) if config_path else {}
+    source = str(config_path) if config_path else "defaults"
+    config = TrainingConfig.from_dict(data, source=source)
+    for section, values in overrides.items():
+        setattr(config, section, dataclasses.replace(getattr(config, section), **values))
+    return config.validate()
+
+
+def load_training_config(path: str | Path) -> TrainingConfig:
+    """Read back a saved `training_config.yaml` (or any config file) without CLI overrides."""
+    return TrainingConfig.from_dict(load_config_file(path), source=str(path)).validate()

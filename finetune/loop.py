@@ -1,0 +1,242 @@
+"""The training loop of one stage: optimiser + scheduler, epochs of steps, evaluation, checkpoints.
+
+`fit_stage` runs one stage (`detection` or `masks`) from its first (or resumed) epoch to its last:
+
+    freeze_for_stage -> AdamW(param_groups) + StepLR -> accelerator.prepare
+    for each epoch: train_one_epoch -> evaluate (every `eval_every_epochs`) -> best_<stage>/ -> checkpoint
+
+Each stage prepares the model again (DDP registers only the parameters that require grad when it
+wraps the model, and the trainable set changes between stages) together with its own optimiser,
+scheduler and loader; `accelerator.free_memory()` drops the previous stage's objects first, so that
+`save_state`/`load_state` always see exactly one model, optimiser and scheduler.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from tqdm.auto import tqdm
+
+from finetune.checkpointing import TrainerState, save_checkpoint
+from finetune.config import StageConfig, TrainingConfig
+from finetune.evaluation_loop import EvalContext, evaluate
+from finetune.metrics_log import MetricsLogger
+from finetune.stages import compute_stage_loss, param_groups
+
+logger = get_logger(__name__)
+
+STAGE_METRIC = {"detection": "box_map", "masks": "pq"}
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the message names stage, epoch and step."""
+
+
+@dataclass
+class RunSession:
+    """Objects shared by the stages of one run (not the configuration of a stage).
+
+    Attributes:
+        accelerator: the run's Accelerator.
+        config: the full configuration (saved with every checkpoint and best model).
+        output_dir: where checkpoints, best models and metrics go.
+        metrics: the JSON-lines / tracker logger.
+        eval_loader: this process's shard of the evaluation set.
+        eval_context: ground truth and post-processing settings of evaluation.
+        save_best: `save_best(model, folder, metrics)` writes a loadable model folder (main process only).
+        global_step: optimiser steps so far, all stages (updated by `fit_stage`).
+        last_eval: the latest evaluation metrics per stage.
+    """
+
+    accelerator: Accelerator
+    config: TrainingConfig
+    output_dir: Path
+    metrics: MetricsLogger
+    eval_loader: torch.utils.data.DataLoader
+    eval_context: EvalContext
+    save_best: Callable[[torch.nn.Module, Path, dict[str, Any]], None]
+    global_step: int = 0
+    last_eval: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def build_optimizer(
+    model: torch.nn.Module, stage: str, stage_cfg: StageConfig
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW over the stage's trainable parameters (backbone at `backbone_lr`) and a per-epoch StepLR.
+
+    The LR drops once by `lr_gamma` after `lr_drop_epochs` epochs (default: 2/3 of the stage, as DETR's
+    200 -> drop at 133 schedule).
+    """
+    groups = param_groups(model, stage, stage_cfg.lr, stage_cfg.backbone_lr, stage_cfg.weight_decay)
+    optimizer = torch.optim.AdamW(groups, lr=stage_cfg.lr, weight_decay=stage_cfg.weight_decay)
+    drop = stage_cfg.lr_drop_epochs or max(1, math.ceil(stage_cfg.epochs * 2 / 3))
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=drop, gamma=stage_cfg.lr_gamma)
+    return optimizer, scheduler
+
+
+def train_one_epoch(
+    model: torch.nn.Module,
+    stage: str,
+    loader: torch.utils.data.DataLoader,
+    optimizer: torch.optim.Optimizer,
+    accelerator: Accelerator,
+    max_grad_norm: float | None,
+    epoch: int,
+    global_step: int,
+    metrics: MetricsLogger,
+    logging_steps: int,
+    nan_at_step: int | None = None,
+) -> tuple[int, float]:
+    """One pass over `loader` with gradient accumulation and clipping.
+
+    Args:
+        model: the prepared `DetrForSegmentation` (frozen for `stage`).
+        loader: the prepared training loader (batches of `PanopticCollator`).
+        max_grad_norm: clip the global gradient norm to this (None = no clipping).
+        epoch: 0-based epoch of the stage (for logs and errors).
+        global_step: optimiser steps before this epoch.
+        nan_at_step: testing aid, poison the loss at this global step.
+
+    Returns:
+        (global step after the epoch, mean training loss over all processes).
+
+    Raises:
+        NonFiniteLossError: a loss on any process is NaN/inf (checked on every process, so all stop together).
+    """
+    model.train()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    progress = tqdm(
+        total=len(loader), desc=f"{stage} epoch {epoch + 1}", disable=not accelerator.is_local_main_process
+    )
+    window, total_loss, batches = [], torch.zeros((), device=accelerator.device), 0
+    for batch in loader:
+        with accelerator.accumulate(model):
+            with accelerator.autocast():
+                loss, components = compute_stage_loss(
+                    model, stage, batch["pixel_values"], batch["pixel_mask"], batch["labels"]
+                )
+            if nan_at_step is not None and global_step + 1 == nan_at_step:
+                loss = loss * float("nan")
+            _check_finite(loss, components, accelerator, stage, epoch, global_step + 1)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and max_grad_norm is not None:
+                accelerator.clip_grad_norm_(params, max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        total_loss += loss.detach().float()
+        batches += 1
+        window.append(loss.item())
+        progress.update(1)
+        if accelerator.sync_gradients:
+            global_step += 1
+            if global_step % logging_steps == 0:
+                record = {"type": "train", "stage": stage, "epoch": epoch, "step": global_step}
+                record["loss"] = sum(window) / len(window)
+                record.update({k: float(v) for k, v in components.items()})
+                record["lr"] = optimizer.param_groups[0]["lr"]
+                metrics.log(record)
+                progress.set_postfix(loss=f"{record['loss']:.3f}")
+                window = []
+    progress.close()
+    mean_loss = accelerator.reduce(total_loss / max(batches, 1), reduction="mean")
+    return global_step, float(mean_loss)
+
+
+def _check_finite(loss, components, accelerator: Accelerator, stage: str, epoch: int, step: int) -> None:
+    bad = torch.tensor([0.0 if torch.isfinite(loss).item() else 1.0], device=accelerator.device)
+    if accelerator.reduce(bad, reduction="sum").item() > 0:
+        parts = ", ".join(
+            f"{k}={float(v):.4g}" for k, v in components.items() if not k.endswith(tuple("0123456789"))
+        )
+        raise NonFiniteLossError(
+            f"non-finite training loss in stage '{stage}', epoch {epoch + 1}, step {step} "
+            f"(loss={loss.item()}; {parts}). Training stopped; the last good checkpoint is kept in "
+            "checkpoints/ (try a lower lr, max_grad_norm, or mixed_precision no)."
+        )
+
+
+def _should_evaluate(epoch: int, epochs: int, every: int) -> bool:
+    last = epoch + 1 == epochs
+    return last or (every > 0 and (epoch + 1) % every == 0)
+
+
+def fit_stage(
+    session: RunSession,
+    model: torch.nn.Module,
+    stage: str,
+    stage_cfg: StageConfig,
+    make_train_loader: Callable[[int], torch.utils.data.DataLoader],
+    resume: tuple[Path, TrainerState] | None = None,
+) -> torch.nn.Module:
+    """Train `model` through all epochs of `stage`; returns the unwrapped model.
+
+    Args:
+        session: the run's shared objects; `session.global_step` and `session.last_eval` are updated.
+        model: the unwrapped `DetrForSegmentation`.
+        stage: `detection` or `masks`.
+        stage_cfg: the stage's section of the configuration.
+        make_train_loader: `batch_size -> DataLoader` over the training set (not yet prepared).
+        resume: a checkpoint of this stage to continue from (weights, optimiser, scheduler, RNG, epoch).
+    """
+    accelerator, config = session.accelerator, session.config
+    accelerator.free_memory()  # forget the previous stage's model/optimizer/scheduler/loader
+    optimizer, scheduler = build_optimizer(model, stage, stage_cfg)  # also freezes for the stage
+    n_trainable = sum(p.numel() for group in optimizer.param_groups for p in group["params"])
+    logger.info(f"stage {stage}: {n_trainable:,} trainable parameters, {stage_cfg.epochs} epochs")
+    prepared, optimizer, loader, scheduler = accelerator.prepare(
+        model, optimizer, make_train_loader(stage_cfg.batch_size), scheduler
+    )
+    metric_name = STAGE_METRIC[stage]
+    state = TrainerState(stage=stage, epoch=0, global_step=session.global_step, metric_name=metric_name)
+    if resume is not None:
+        path, state = resume
+        accelerator.load_state(str(path))
+        session.global_step = state.global_step
+        if state.last_eval:
+            session.last_eval[stage] = state.last_eval
+        logger.info(f"resumed stage {stage} after epoch {state.epoch} (step {state.global_step}) from {path}")
+
+    for epoch in range(state.epoch, stage_cfg.epochs):
+        loader.set_epoch(epoch)
+        session.global_step, train_loss = train_one_epoch(
+            prepared,
+            stage,
+            loader,
+            optimizer,
+            accelerator,
+            stage_cfg.max_grad_norm,
+            epoch,
+            session.global_step,
+            session.metrics,
+            config.logging.logging_steps,
+            config.run.debug_nan_loss_at_step,
+        )
+        epoch_lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        record = {"type": "train_epoch", "stage": stage, "epoch": epoch, "step": session.global_step}
+        session.metrics.log({**record, "loss": train_loss, "lr": epoch_lr})
+        state.epoch, state.global_step = epoch + 1, session.global_step
+        if _should_evaluate(epoch, stage_cfg.epochs, config.eval.eval_every_epochs):
+            inner = accelerator.unwrap_model(prepared)
+            results = evaluate(
+                inner, session.eval_loader, accelerator, session.eval_context, stage == "masks"
+            )
+            session.metrics.log(
+                {"type": "eval", "stage": stage, "epoch": epoch, "step": session.global_step, **results}
+            )
+            logger.info(f"{stage} epoch {epoch + 1}: {metric_name} {results[metric_name]:.4f}")
+            session.last_eval[stage] = state.last_eval = results
+            if state.best_metric is None or results[metric_name] > state.best_metric:
+                state.best_metric = results[metric_name]
+                if accelerator.is_main_process:
+                    session.save_best(inner, session.output_dir / f"best_{stage}", results)
+                accelerator.wait_for_everyone()
+        save_checkpoint(accelerator, session.output_dir, state, config, config.run.save_total_limit)
+    return accelerator.unwrap_model(prepared)

@@ -1,0 +1,333 @@
+"""Fine-tune DETR panoptic segmentation in two stages (boxes, then masks) with Accelerate.
+
+    accelerate launch finetune/train.py --config finetune/configs/quickstart.yaml
+    accelerate launch finetune/train.py --config finetune/configs/default.yaml --dataset_dir outputs/my_panoptic
+    accelerate launch finetune/train.py --config ... --resume_from_checkpoint latest
+    accelerate launch finetune/train.py --config ... --stages masks --model_name_or_path outputs/run/final
+
+Writes into `output_dir`: `dataset/` (the converted sample, when no dataset is given), `checkpoints/`
+(one per epoch), `best_<stage>/`, `metrics.jsonl`, `final/` (the model to share, with
+`all_results.json`) and `prediction_overlay.png` (the final model on an evaluation image).
+See `finetune/config.py` for every option.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: import the repo's packages, not this folder's modules
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import logging
+import os
+import shutil
+from collections.abc import Sequence
+from typing import Any
+
+import datasets
+import torch
+import transformers
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import set_seed
+from safetensors.torch import load_file
+from torch.utils.data import DataLoader
+
+from dataset_scripts.cvat_records import ConversionError
+from dataset_scripts.panoptic_format import PanopticFormatError
+from finetune.checkpointing import (
+    CheckpointError,
+    TrainerState,
+    read_trainer_state,
+    resolve_checkpoint,
+)
+from finetune.config import STAGE_NAMES, ConfigError, TrainingConfig, parse_config
+from finetune.data.collate import PanopticCollator
+from finetune.data.dataset import PanopticTrainingDataset, category_to_label_map
+from finetune.data.loading import build_dataloader, build_image_processor
+from finetune.data.transforms import build_eval_transforms, build_train_transforms
+from finetune.dataset_source import DatasetSourceError, load_dataset_splits
+from finetune.evaluation_loop import EvalContext, shard_for_process
+from finetune.export import RESULTS_FILE, final_results, save_model_folder
+from finetune.loop import NonFiniteLossError, RunSession, fit_stage
+from finetune.metrics_log import MetricsLogger
+from finetune.modeling import ModelUnavailableError, load_model
+from push_to_hub import HubUploadError, ModelFolderError, push_model_dir
+
+logger = get_logger("finetune.train")  # also when run as a file (__name__ == "__main__")
+
+OVERLAY_FILE = "prediction_overlay.png"
+
+
+# ------------------------------------------------------------------------------------------------ setup
+
+
+def setup_logging(accelerator: Accelerator) -> None:
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", level=logging.INFO
+    )
+    if not accelerator.is_local_main_process:
+        logging.getLogger().setLevel(logging.WARNING)
+    transformers.utils.logging.set_verbosity_warning()
+    datasets.utils.logging.set_verbosity_warning()
+    datasets.disable_progress_bars()
+
+
+def _multi_process_without_accelerator() -> bool:
+    """`torchrun --nproc_per_node N` on a machine without GPU: Accelerate only picks MULTI_CPU (gloo) with cpu=True."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    # (torch.accelerator.current_accelerator() names "cuda" on any CUDA build, even without a GPU.)
+    has_accelerator = torch.cuda.is_available() or (
+        hasattr(torch, "accelerator") and torch.accelerator.is_available()
+    )
+    return world_size > 1 and not has_accelerator
+
+
+def setup_accelerator(config: TrainingConfig) -> Accelerator:
+    """Accelerator with the run's precision, accumulation and trackers (StepLR is stepped per epoch)."""
+    return Accelerator(
+        cpu=_multi_process_without_accelerator(),
+        mixed_precision=config.run.mixed_precision,
+        gradient_accumulation_steps=config.run.gradient_accumulation_steps,
+        log_with=config.logging.report_to or None,
+        project_dir=config.run.output_dir,
+        step_scheduler_with_optimizer=False,
+    )
+
+
+def prepare_output_dir(config: TrainingConfig, accelerator: Accelerator) -> Path:
+    """Create `output_dir`; refuse to mix a new run into an old one unless resuming or overwriting.
+
+    `overwrite_output_dir` removes the previous run's results but keeps `dataset/` (the converted sample).
+    """
+    output_dir = Path(config.run.output_dir)
+    previous = [output_dir / name for name in ("checkpoints", "final", "metrics.jsonl")] + list(
+        output_dir.glob("best_*")
+    )
+    previous = [p for p in previous if p.exists()]
+    if previous and not config.run.resume_from_checkpoint:
+        if not config.run.overwrite_output_dir:
+            raise CheckpointError(
+                f"{output_dir} holds a previous run ({', '.join(p.name for p in previous)}): continue it with "
+                "--resume_from_checkpoint latest, or start over with --overwrite_output_dir true"
+            )
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            for path in previous:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+    accelerator.wait_for_everyone()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    return output_dir
+
+
+def tracker_config(config: TrainingConfig) -> dict[str, Any]:
+    """The config flattened to scalars (TensorBoard hparams accept only numbers, strings and booleans)."""
+    flat = {}
+    for section, values in config.to_dict().items():
+        for key, value in values.items():
+            ok = isinstance(value, (int, float, str, bool))
+            flat[f"{section}.{key}"] = value if ok else str(value)
+    return flat
+
+
+# ------------------------------------------------------------------------------------------------ build
+
+
+def build_eval_context(
+    eval_split, categories: list[dict], image_processor, config: TrainingConfig
+) -> EvalContext:
+    return EvalContext(
+        hf_split=eval_split,
+        categories=categories,
+        image_processor=image_processor,
+        stuff_label_ids={i for i, c in enumerate(categories) if not c["isthing"]},
+        threshold=config.eval.threshold,
+        mask_threshold=config.eval.mask_threshold,
+        overlap_mask_area_threshold=config.eval.overlap_mask_area_threshold,
+    )
+
+
+def build_datasets(train_split, eval_split, categories: list[dict], config: TrainingConfig):
+    """Torch datasets with DETR's training augmentation and the evaluation resize."""
+    data = config.data
+    category_to_label = category_to_label_map(categories)
+    train_transforms = build_train_transforms(
+        scales=data.train_scales,
+        max_size=data.max_size,
+        hflip_prob=data.hflip_prob,
+        random_crop=data.random_crop,
+        crop_resize_scales=data.crop_resize_scales,
+        crop_min_size=data.crop_min_size,
+        crop_max_size=data.crop_max_size,
+    )
+    train = PanopticTrainingDataset(train_split, category_to_label, train_transforms)
+    evaluation = PanopticTrainingDataset(
+        eval_split, category_to_label, build_eval_transforms(data.eval_size, data.eval_max_size)
+    )
+    return train, evaluation
+
+
+# ------------------------------------------------------------------------------------------------ resume
+
+
+def stages_to_run(config: TrainingConfig, resume: tuple[Path, TrainerState] | None) -> list[tuple[str, Any]]:
+    """[(stage, resume checkpoint of that stage or None)] for the stages still to train."""
+    if resume is None:
+        return [(stage, None) for stage in config.run.stages]
+    resumed_index = STAGE_NAMES.index(resume[1].stage)
+    plan = []
+    for stage in config.run.stages:
+        index = STAGE_NAMES.index(stage)
+        if index == resumed_index:
+            plan.append((stage, resume))
+        elif index > resumed_index:
+            plan.append((stage, None))
+    if not plan:
+        raise CheckpointError(
+            f"checkpoint {resume[0]} is from stage '{resume[1].stage}', after all of --stages {config.run.stages}"
+        )
+    return plan
+
+
+def load_checkpoint_weights(model: torch.nn.Module, checkpoint: Path) -> None:
+    """Weights only (a checkpoint of a stage this run does not train, e.g. `--stages masks` after detection)."""
+    model.load_state_dict(load_file(str(checkpoint / "model.safetensors")), strict=True)
+
+
+# ------------------------------------------------------------------------------------------------ finish
+
+
+def write_prediction_overlay(final_dir: Path, image, out_path: Path, threshold: float) -> None:
+    """The final model's panoptic prediction on one image, as a colour overlay."""
+    from finetune.inference import PanopticPredictor, render_overlay
+
+    predictor = PanopticPredictor.from_pretrained(final_dir, threshold=threshold, device="cpu")
+    (prediction,) = predictor.predict([image.convert("RGB")])
+    render_overlay(image.convert("RGB"), prediction).save(out_path)
+
+
+def format_results(results: dict[str, Any]) -> str:
+    lines = [f"  {k:<12} {v:.4f}" for k, v in results.items() if isinstance(v, float)]
+    per_class = results.get("per_class_pq", {})
+    if per_class:
+        lines.append("  per-class PQ: " + ", ".join(f"{name} {pq:.3f}" for name, pq in per_class.items()))
+    return "\n".join(lines)
+
+
+def push_final(final_dir: Path, config: TrainingConfig) -> None:
+    push_model_dir(final_dir, config.hub.hub_model_id, private=config.hub.hub_private)
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+
+def train(config: TrainingConfig, accelerator: Accelerator) -> dict[str, Any]:
+    """Build everything, run the stages, save `final/`; returns the final metrics."""
+    output_dir = prepare_output_dir(config, accelerator)
+    set_seed(config.run.seed)
+    resume = None
+    if config.run.resume_from_checkpoint:
+        path = resolve_checkpoint(config.run.resume_from_checkpoint, output_dir)
+        resume = (path, read_trainer_state(path))
+    if config.logging.report_to:
+        accelerator.init_trackers(config.logging.project_name, config=tracker_config(config))
+
+    # build: dataset, model, processor, loaders
+    train_split, eval_split, categories = load_dataset_splits(
+        config.data, output_dir, config.run.seed, accelerator
+    )
+    model = load_model(
+        config.model.model_name_or_path, categories, config.model.class_map, config.model.config_overrides
+    )
+    image_processor = build_image_processor(config.data.eval_size, config.data.eval_max_size)
+    train_dataset, eval_dataset = build_datasets(train_split, eval_split, categories, config)
+    collator = PanopticCollator(image_processor.image_mean, image_processor.image_std)
+    eval_loader = DataLoader(
+        shard_for_process(eval_dataset, accelerator),
+        batch_size=config.eval.eval_batch_size,
+        num_workers=config.data.num_workers,
+        collate_fn=collator,
+    )
+
+    def make_train_loader(batch_size: int) -> DataLoader:
+        data = config.data
+        return build_dataloader(
+            train_dataset, batch_size, True, data.num_workers, data.pin_memory, collator, config.run.seed
+        )
+
+    def save_best(inner: torch.nn.Module, folder: Path, results: dict[str, Any]) -> None:
+        save_model_folder(inner, image_processor, folder, config, categories, results)
+
+    session = RunSession(
+        accelerator=accelerator,
+        config=config,
+        output_dir=output_dir,
+        metrics=MetricsLogger(accelerator, output_dir / "metrics.jsonl"),
+        eval_loader=eval_loader,
+        eval_context=build_eval_context(eval_split, categories, image_processor, config),
+        save_best=save_best,
+    )
+    plan = stages_to_run(config, resume)
+    if resume is not None:
+        session.metrics.truncate_after(resume[1].global_step)
+        if all(stage_resume is None for _, stage_resume in plan):
+            load_checkpoint_weights(model, resume[0])
+            session.global_step = resume[1].global_step
+
+    # fit
+    for stage, stage_resume in plan:
+        model = fit_stage(session, model, stage, config.stage(stage), make_train_loader, resume=stage_resume)
+
+    # save
+    results = final_results(session.last_eval)
+    final_dir = output_dir / "final"
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        save_model_folder(
+            accelerator.unwrap_model(model), image_processor, final_dir, config, categories, results
+        )
+        logger.info(
+            f"final model saved to {final_dir}; metrics ({final_dir / RESULTS_FILE}):\n{format_results(results)}"
+        )
+        if len(eval_split):
+            write_prediction_overlay(
+                final_dir, eval_split[0]["image"], output_dir / OVERLAY_FILE, config.eval.threshold
+            )
+            logger.info(f"prediction overlay of {eval_split[0]['file_name']}: {output_dir / OVERLAY_FILE}")
+        if config.hub.push_to_hub:
+            push_final(final_dir, config)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """setup (config, accelerator, logging) -> train (build, fit, save, push); returns the exit code."""
+    try:
+        config = parse_config(None if argv is None else list(argv))
+    except ConfigError as err:
+        logging.basicConfig(format="%(levelname)s: %(message)s")
+        logging.getLogger(__name__).error(f"configuration error: {err}")
+        return 2
+    accelerator = setup_accelerator(config)
+    setup_logging(accelerator)
+    try:
+        train(config, accelerator)
+    except (
+        ModelUnavailableError,
+        NonFiniteLossError,
+        CheckpointError,
+        DatasetSourceError,
+        ConversionError,
+        PanopticFormatError,
+        HubUploadError,
+        ModelFolderError,
+    ) as err:
+        logger.error(f"{type(err).__name__}: {err}", main_process_only=False)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""The training configuration: YAML + CLI parsing, precedence, validation errors, round trip."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from finetune.config import (
+    ConfigError,
+    TrainingConfig,
+    load_config_file,
+    load_training_config,
+    parse_config,
+)
+
+CONFIGS = Path(__file__).resolve().parents[1] / "finetune" / "configs"
+
+
+def write_yaml(tmp_path: Path, data: dict, name: str = "cfg.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("name", ["default.yaml", "quickstart.yaml", "ci.yaml"])
+def test_bundled_configs_parse_and_validate(name):
+    config = parse_config(["--config", str(CONFIGS / name)])
+    assert config.run.stages == ["detection", "masks"]
+
+
+def test_default_recipe_values():
+    config = parse_config(["--config", str(CONFIGS / "default.yaml")])
+    assert config.model.model_name_or_path == "facebook/detr-resnet-50-panoptic"
+    assert config.detection.lr == pytest.approx(1e-4) and config.detection.backbone_lr == pytest.approx(1e-5)
+    assert config.detection.weight_decay == pytest.approx(
+        1e-4
+    ) and config.detection.max_grad_norm == pytest.approx(0.1)
+    assert config.masks.epochs == 25
+    assert (
+        config.data.max_size == 1333
+        and min(config.data.train_scales) == 480
+        and max(config.data.train_scales) == 800
+    )
+
+
+def test_yaml_values_and_cli_override_precedence(tmp_path):
+    path = write_yaml(
+        tmp_path,
+        {
+            "detection": {"epochs": 7, "lr": 3e-4},
+            "run": {"seed": 5, "output_dir": "from_yaml"},
+            "data": {"num_workers": 1},
+        },
+    )
+    config = parse_config(
+        ["--config", str(path), "--detection_epochs", "9", "--output_dir", "from_cli", "--masks_lr", "2e-5"]
+    )
+    assert config.detection.epochs == 9  # CLI beats YAML
+    assert config.detection.lr == pytest.approx(3e-4)  # YAML beats default
+    assert config.masks.lr == pytest.approx(2e-5)
+    assert config.run.output_dir == "from_cli"
+    assert config.run.seed == 5
+    assert config.data.num_workers == 1
+    assert config.masks.epochs == TrainingConfig().masks.epochs  # untouched default
+
+
+def test_cli_types_lists_dicts_bools_and_null():
+    config = parse_config(
+        [
+            "--stages",
+            "masks",
+            "--report_to",
+            "tensorboard,wandb",
+            "--train_scales",
+            "64,96",
+            "--model_name_or_path",
+            "null",
+            "--config_overrides",
+            '{"d_model": 64, "num_queries": 5}',
+            "--push_to_hub",
+            "--hub_model_id",
+            "me/model",
+            "--masks_max_grad_norm",
+            "none",
+            "--pin_memory",
+            "false",
+            "--resume_from_checkpoint",
+            "latest",
+        ]
+    )
+    assert config.run.stages == ["masks"]
+    assert config.logging.report_to == ["tensorboard", "wandb"]
+    assert config.data.train_scales == [64, 96]
+    assert config.model.model_name_or_path is None
+    assert config.model.config_overrides == {"d_model": 64, "num_queries": 5}
+    assert config.hub.push_to_hub is True and config.hub.hub_model_id == "me/model"
+    assert config.masks.max_grad_norm is None
+    assert config.data.pin_memory is False
+    assert config.run.resume_from_checkpoint == "latest"
+
+
+def test_json_config_file(tmp_path):
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps({"masks": {"epochs": 3}}), encoding="utf-8")
+    assert parse_config(["--config", str(path)]).masks.epochs == 3
+
+
+@pytest.mark.parametrize(
+    ("data", "argv", "message"),
+    [
+        ({"detection": {"epoch": 3}}, [], "unknown key(s) ['epoch'] in section 'detection'"),
+        ({"trainer": {}}, [], "unknown section(s) ['trainer']"),
+        ({"detection": {"lr": 0}}, [], "detection.lr must be a positive number"),
+        ({"masks": {"lr": -1e-4}}, [], "masks.lr must be a positive number"),
+        ({"detection": {"epochs": "many"}}, [], "detection.epochs must be of type"),
+        ({}, ["--stages", "boxes"], "unknown stage(s) ['boxes']"),
+        ({}, ["--stages", "masks,detection"], "must be distinct and in the order"),
+        ({}, ["--mixed_precision", "fp64"], "run.mixed_precision must be one of"),
+        ({}, ["--push_to_hub"], "needs hub.hub_model_id"),
+        ({}, ["--detection_epochs", "x"], "--detection_epochs: expected int"),
+        ({}, ["--config_overrides", "[1]"], "expected a JSON object"),
+        ({}, ["--model_name_or_path", "null"], "config_overrides must describe the DetrConfig"),
+        ({}, ["--no_such_flag", "1"], "unknown command-line argument"),
+    ],
+)
+def test_validation_errors_name_the_key(tmp_path, data, argv, message):
+    path = write_yaml(tmp_path, data)
+    with pytest.raises(ConfigError) as info:
+        parse_config(["--config", str(path), *argv])
+    assert message in str(info.value)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        parse_config(["--config", str(tmp_path / "nope.yaml")])
+
+
+def test_round_trip_through_training_config_yaml(tmp_path):
+    config = parse_config(
+        [
+            "--config",
+            str(CONFIGS / "quickstart.yaml"),
+            "--detection_epochs",
+            "4",
+            "--class_map",
+            '{"wall": "wall-other"}',
+        ]
+    )
+    config.save(tmp_path / "training_config.yaml")
+    again = load_training_config(tmp_path / "training_config.yaml")
+    assert again == config
+    assert load_config_file(tmp_path / "training_config.yaml") == config.to_dict()
+    # A saved config is a valid --config file too.
+    assert parse_config(["--config", str(tmp_path / "training_config.yaml")]) == config
