@@ -34,6 +34,13 @@ from typing import Any
 
 import yaml
 
+# Panoptic post-processing defaults shared by training evaluation, `finetune/evaluate.py`,
+# `finetune/predict.py` and the demo, so that every PQ this project reports uses the same ones
+# (DETR's panoptic demo values).
+DEFAULT_THRESHOLD = 0.85
+DEFAULT_MASK_THRESHOLD = 0.5
+DEFAULT_OVERLAP_MASK_AREA_THRESHOLD = 0.8
+
 STAGE_NAMES = ("detection", "masks")
 MIXED_PRECISION_CHOICES = ("no", "fp16", "bf16", "fp8")
 
@@ -112,10 +119,10 @@ class EvalConfig:
     eval_every_epochs: int = 1
     eval_batch_size: int = 2
     """Evaluate after every N-th epoch of a stage (and always after its last epoch); 0 = only after the last."""
-    threshold: float = 0.85
+    threshold: float = DEFAULT_THRESHOLD
     """Minimum class score of a query kept by panoptic post-processing (DETR's demo uses 0.85)."""
-    mask_threshold: float = 0.5
-    overlap_mask_area_threshold: float = 0.8
+    mask_threshold: float = DEFAULT_MASK_THRESHOLD
+    overlap_mask_area_threshold: float = DEFAULT_OVERLAP_MASK_AREA_THRESHOLD
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Evaluate a saved checkpoint on a dataset split: PQ / SQ / RQ (all, things, stuff, per class) and box mAP.
 
     python finetune/evaluate.py --model outputs/quickstart/final --dataset outputs/sample_panoptic \
-        [--split val] [--threshold 0.7] [--batch-size 4] [--save-predictions DIR] [--json-out F]
+        [--split val] [--threshold 0.85] [--batch-size 4] [--save-predictions DIR] [--json-out F]
 
 ``--model``: a checkpoint folder (``output_dir/final``: config with ``stuff_label_ids``, weights,
 preprocessor) or a Hub id. ``--dataset``: a COCO-panoptic folder (built into a `datasets` cache

@@ -24,6 +24,7 @@ from torch.utils.data import Subset
 
 from dataset_scripts.panoptic_format import rgb2id
 from finetune.box_map import BoxMapAccumulator
+from finetune.config import DEFAULT_MASK_THRESHOLD, DEFAULT_OVERLAP_MASK_AREA_THRESHOLD, DEFAULT_THRESHOLD
 from finetune.panoptic_quality import PQAccumulator
 
 
@@ -43,9 +44,9 @@ class EvalContext:
     categories: list[dict]
     image_processor: Any
     stuff_label_ids: set[int]
-    threshold: float = 0.85
-    mask_threshold: float = 0.5
-    overlap_mask_area_threshold: float = 0.8
+    threshold: float = DEFAULT_THRESHOLD
+    mask_threshold: float = DEFAULT_MASK_THRESHOLD
+    overlap_mask_area_threshold: float = DEFAULT_OVERLAP_MASK_AREA_THRESHOLD
 
     def __post_init__(self) -> None:
         self.row_of_image = {int(image_id): i for i, image_id in enumerate(self.hf_split["image_id"])}

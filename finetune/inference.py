@@ -30,10 +30,9 @@ from PIL import Image
 
 from dataset_scripts.panoptic_format import segment_stats
 from dataset_scripts.preview import draw_panoptic_overlay, fallback_color
+from finetune.config import DEFAULT_MASK_THRESHOLD, DEFAULT_OVERLAP_MASK_AREA_THRESHOLD, DEFAULT_THRESHOLD
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_THRESHOLD = 0.7
 
 
 class ModelLoadError(RuntimeError):
@@ -100,8 +99,8 @@ class PanopticPredictor:
         threshold: float = DEFAULT_THRESHOLD,
         device: str | torch.device | None = None,
         batch_size: int = 4,
-        mask_threshold: float = 0.5,
-        overlap_mask_area_threshold: float = 0.8,
+        mask_threshold: float = DEFAULT_MASK_THRESHOLD,
+        overlap_mask_area_threshold: float = DEFAULT_OVERLAP_MASK_AREA_THRESHOLD,
     ) -> None:
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
