@@ -25,11 +25,13 @@ convert-sample: install
 		--stuff-labels floor wall sky ground \
 		--val-ratio 0.25 --seed 0 --preview 4 --overwrite --out $(OUT)/sample_panoptic
 
-train-quickstart: install
+# Trains on the folder convert-sample wrote (same split as its report and previews).
+train-quickstart: convert-sample
 	HF_HUB_OFFLINE=1 $(VENV)/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
-		finetune/train.py --config finetune/configs/quickstart.yaml
+		finetune/train.py --config finetune/configs/quickstart.yaml \
+		--dataset_dir $(OUT)/sample_panoptic --output_dir $(OUT)/quickstart
 
-quickstart: convert-sample train-quickstart
+quickstart: train-quickstart
 
 test: install
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest

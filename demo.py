@@ -24,7 +24,7 @@ from typing import Any
 
 from PIL import Image
 
-from finetune.inference import DEFAULT_THRESHOLD, ModelLoadError, PanopticPredictor, render_overlay
+from finetune.inference import ModelLoadError, PanopticPredictor, render_overlay
 
 logger = logging.getLogger("demo")
 
@@ -89,7 +89,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", required=True, help="checkpoint folder (output_dir/final) or Hub model id")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 for your LAN)")
-    parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="initial score threshold")
+    parser.add_argument(
+        "--threshold", type=float, default=None, help="initial score threshold (default: the checkpoint's)"
+    )
     parser.add_argument("--device", default=None, help="cuda, cpu... (default: cuda when available)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

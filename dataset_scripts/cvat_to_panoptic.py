@@ -24,7 +24,6 @@ if __package__ in (None, ""):  # run as a file: import the repo's packages, not 
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import argparse
-import colorsys
 import dataclasses
 import logging
 import re
@@ -52,6 +51,7 @@ from dataset_scripts.cvat_records import MASK_KINDS, ConversionError, Export, Im
 from dataset_scripts.cvat_xml import read_cvat_xml
 from dataset_scripts.image_io import UprightImageLoader, load_upright_rgb, write_image
 from dataset_scripts.panoptic_format import PanopticFormatError, encode_panoptic_png, read_panoptic_png
+from dataset_scripts.preview import distinct_colors
 from dataset_scripts.rasterize import CategoryRef, rasterize_image
 from dataset_scripts.splits import assign_splits
 
@@ -156,23 +156,6 @@ def merge_images(exports: Sequence[Export]) -> dict[str, ImageRecord]:
             seen.shapes.extend(shapes)
             seen.search_dirs = tuple(dict.fromkeys((*seen.search_dirs, *image.search_dirs)))
     return merged
-
-
-def distinct_colors(count: int) -> list[list[int]]:
-    """``count`` distinct, well-spread RGB colours (golden-ratio hues; same list every run)."""
-    colors: list[list[int]] = []
-    seen: set[tuple[int, int, int]] = set()
-    index = 0
-    while len(colors) < count:
-        hue = (index * 0.618033988749895) % 1.0
-        saturation = (0.85, 0.6, 0.95)[(index // 7) % 3]
-        value = (0.95, 0.75, 0.55)[(index // 21) % 3]
-        rgb = tuple(int(round(c * 255)) for c in colorsys.hsv_to_rgb(hue, saturation, value))
-        if rgb not in seen and rgb != (0, 0, 0):
-            seen.add(rgb)  # type: ignore[arg-type]
-            colors.append(list(rgb))
-        index += 1
-    return colors
 
 
 def build_categories(

@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage
 
 from dataset_scripts.atomic_io import atomic_write_bytes
 
@@ -57,21 +56,34 @@ def id2rgb(ids: np.ndarray) -> np.ndarray:
     return rgb
 
 
-def read_panoptic_png(path: str | os.PathLike) -> np.ndarray:
-    """Read a panoptic PNG into an ``(H, W)`` int64 id map; errors name the file."""
+def read_panoptic_rgb(path: str | os.PathLike) -> np.ndarray:
+    """Decode a panoptic PNG into its ``(H, W, 3)`` uint8 RGB array (ids not yet combined).
+
+    Code comparing segments pixel by pixel (the PQ evaluation) can work on these bytes directly,
+    cheaper than first combining the three channels into ids; `read_panoptic_png` gives the ids.
+    An alpha channel is dropped (as panopticapi does, which reads only R, G and B).
+
+    Raises:
+        FileNotFoundError: no such file (the message names it).
+        PanopticFormatError: not a decodable RGB(A) PNG (the message names the file).
+    """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"panoptic PNG not found: {path}")
     try:
         with Image.open(path) as img:
-            if img.mode != "RGB":
+            if img.mode not in ("RGB", "RGBA"):
                 raise PanopticFormatError(f"{path}: panoptic PNG must be RGB, got mode {img.mode}")
-            rgb = np.asarray(img)
+            return np.asarray(img.convert("RGB") if img.mode == "RGBA" else img)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"panoptic PNG not found: {path}") from None
     except PanopticFormatError:
         raise
     except Exception as err:  # PIL raises many types for broken files
         raise PanopticFormatError(f"{path}: cannot decode panoptic PNG ({err})") from err
-    return rgb2id(rgb)
+
+
+def read_panoptic_png(path: str | os.PathLike) -> np.ndarray:
+    """Read a panoptic PNG into an ``(H, W)`` int64 id map; errors name the file (see `read_panoptic_rgb`)."""
+    return rgb2id(read_panoptic_rgb(path))
 
 
 def encode_panoptic_png(ids: np.ndarray) -> bytes:
@@ -108,6 +120,8 @@ def segment_stats(ids: np.ndarray) -> dict[int, SegmentStats]:
     large ids (COCO's category-derived ids) are first relabelled to 1..K with `np.unique`,
     which sorts the pixels.
     """
+    from scipy import ndimage  # here: keeps this module (imported by every PQ worker process) light
+
     ids = np.asarray(ids)
     if ids.size == 0:
         return {}

@@ -11,6 +11,7 @@ drawn in the order given, the legend lists classes in order of first appearance)
 
 from __future__ import annotations
 
+import colorsys
 from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
@@ -36,17 +37,47 @@ def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
-def fallback_color(key: int) -> tuple[int, int, int]:
-    """A deterministic, well-saturated colour for a segment that has none."""
-    hue = (key * 0.618033988749895) % 1.0
-    rgb = Image.new("HSV", (1, 1), (int(hue * 255), 200, 230)).convert("RGB").getpixel((0, 0))
-    return tuple(int(c) for c in rgb)  # type: ignore[return-value]
+def distinct_colors(count: int) -> list[list[int]]:
+    """``count`` distinct, well-spread RGB colours (golden-ratio hues; same list every run).
+
+    The one palette of the project: the converter colours category ``i`` (in category order) with
+    ``distinct_colors(K)[i]``, and a model label without a saved colour gets the same colour
+    (`palette_color`), so ground-truth previews and prediction overlays agree. A longer list starts
+    with the shorter one.
+    """
+    colors: list[list[int]] = []
+    seen: set[tuple[int, int, int]] = set()
+    index = 0
+    while len(colors) < count:
+        hue = (index * 0.618033988749895) % 1.0
+        saturation = (0.85, 0.6, 0.95)[(index // 7) % 3]
+        value = (0.95, 0.75, 0.55)[(index // 21) % 3]
+        rgb = tuple(int(round(c * 255)) for c in colorsys.hsv_to_rgb(hue, saturation, value))
+        if rgb not in seen and rgb != (0, 0, 0):
+            seen.add(rgb)  # type: ignore[arg-type]
+            colors.append(list(rgb))
+        index += 1
+    return colors
+
+
+PALETTE_SIZE = 1024
+"""`palette_color` cycles through this many colours (far more than any category table here)."""
+
+
+@lru_cache(maxsize=1)
+def _palette() -> tuple[tuple[int, int, int], ...]:
+    return tuple(tuple(c) for c in distinct_colors(PALETTE_SIZE))  # type: ignore[misc]
+
+
+def palette_color(index: int) -> tuple[int, int, int]:
+    """Colour ``index`` of `distinct_colors` (cycling after `PALETTE_SIZE`): class ``index``'s colour."""
+    return _palette()[int(index) % PALETTE_SIZE]
 
 
 def _segment_color(segment: dict[str, Any]) -> tuple[int, int, int]:
     color = segment.get("color")
     if color is None:
-        return fallback_color(int(segment["id"]))
+        return palette_color(int(segment["id"]))
     return tuple(int(c) for c in color)[:3]  # type: ignore[return-value]
 
 

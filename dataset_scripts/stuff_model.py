@@ -42,10 +42,11 @@ from typing import Any
 
 import numpy as np
 import yaml
-from PIL import Image, ImageOps
+from PIL import Image
 from tqdm.auto import tqdm
 
 from dataset_scripts.atomic_io import atomic_write_bytes, atomic_write_json
+from dataset_scripts.image_io import load_upright_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -375,9 +376,12 @@ def load_stuff_map(cache_dir: Path, key: str) -> np.ndarray:
 
 
 def default_load_image(path: Path) -> Image.Image:
-    """Decode a picture upright (EXIF orientation applied, as CVAT shows it) in RGB."""
-    with Image.open(path) as img:
-        return ImageOps.exif_transpose(img).convert("RGB")
+    """Decode a picture upright (EXIF orientation applied, as CVAT shows it) in RGB.
+
+    Raises:
+        ConversionError: (a ``ValueError``) the file cannot be decoded; the message names it.
+    """
+    return load_upright_rgb(Path(path))[0]
 
 
 def _offline_message(name: str, why: str) -> str:
@@ -535,7 +539,8 @@ def pseudo_label_stuff(
     Raises:
         ValueError: duplicate keys or ``batch_size`` < 1.
         StuffModelError: the model cannot be loaded (offline Hub id, wrong checkpoint).
-        OSError: an image cannot be read (from ``load_image``; earlier batches stay cached).
+        ConversionError: an image cannot be decoded (from the default ``load_image``; earlier
+            batches stay cached). A custom ``load_image`` may raise its own errors (e.g. ``OSError``).
     """
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")

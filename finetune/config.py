@@ -41,6 +41,16 @@ DEFAULT_THRESHOLD = 0.85
 DEFAULT_MASK_THRESHOLD = 0.5
 DEFAULT_OVERLAP_MASK_AREA_THRESHOLD = 0.8
 
+# DETR's augmentation recipe (facebookresearch/detr datasets/coco.py): multi-scale shortest edges, the
+# longest-edge cap, and the random-resized-crop branch. Defined here, not in `finetune/data/transforms.py`,
+# because this module must stay importable without torch.
+DETR_SCALES = list(range(480, 801, 32))
+DETR_MAX_SIZE = 1333
+DETR_CROP_RESIZE_SCALES = [400, 500, 600]
+DETR_CROP_MIN_SIZE = 384
+DETR_CROP_MAX_SIZE = 600
+DETR_EVAL_SIZE = 800
+
 STAGE_NAMES = ("detection", "masks")
 MIXED_PRECISION_CHOICES = ("no", "fp16", "bf16", "fp8")
 
@@ -73,25 +83,26 @@ class DataConfig:
     """CVAT exports converted into `output_dir/dataset` when `dataset_dir` is null (relative to the repo root)."""
     sample_stuff_labels: list[str] = field(default_factory=lambda: ["floor", "wall", "sky", "ground"])
     sample_val_ratio: float = 0.25
+    split_seed: int = 0
+    """Seed of the train/val split of the converted sample (as `make convert-sample`: `--seed 0`); kept apart
+    from `run.seed` so that changing the training seed keeps the same evaluation images."""
     train_split: str = "train"
     eval_split: str = "val"
     max_train_samples: int | None = None
     """Use only the first N training images (quick experiments, tests)."""
     max_eval_samples: int | None = None
-    train_scales: list[int] = field(
-        default_factory=lambda: [480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800]
-    )
-    """Shortest-edge sizes drawn per image (DETR's multi-scale training)."""
-    max_size: int = 1333
+    train_scales: list[int] = field(default_factory=lambda: list(DETR_SCALES))
+    """Shortest-edge sizes drawn per image (DETR's multi-scale training: 480, 512, ..., 800)."""
+    max_size: int = DETR_MAX_SIZE
     hflip_prob: float = 0.5
     random_crop: bool = True
     """DETR's 50% random resized crop branch: resize to `crop_resize_scales`, crop, then multi-scale resize."""
-    crop_resize_scales: list[int] = field(default_factory=lambda: [400, 500, 600])
-    crop_min_size: int = 384
-    crop_max_size: int = 600
-    eval_size: int = 800
+    crop_resize_scales: list[int] = field(default_factory=lambda: list(DETR_CROP_RESIZE_SCALES))
+    crop_min_size: int = DETR_CROP_MIN_SIZE
+    crop_max_size: int = DETR_CROP_MAX_SIZE
+    eval_size: int = DETR_EVAL_SIZE
     """Shortest edge at evaluation; also the size saved in the final image processor."""
-    eval_max_size: int = 1333
+    eval_max_size: int = DETR_MAX_SIZE
     num_workers: int = 2
     pin_memory: bool = True
 
@@ -117,8 +128,8 @@ class EvalConfig:
     """Evaluation during and after training."""
 
     eval_every_epochs: int = 1
-    eval_batch_size: int = 2
     """Evaluate after every N-th epoch of a stage (and always after its last epoch); 0 = only after the last."""
+    eval_batch_size: int = 2
     threshold: float = DEFAULT_THRESHOLD
     """Minimum class score of a query kept by panoptic post-processing (DETR's demo uses 0.85)."""
     mask_threshold: float = DEFAULT_MASK_THRESHOLD

@@ -6,7 +6,8 @@
   `datasets.load_from_disk`.
 * `data.dataset_dir` is null: the bundled CVAT sample (`data.sample_exports`) is converted with
   `dataset_scripts.cvat_to_panoptic.convert_exports` into `output_dir/dataset/panoptic` once (kept for
-  later runs and resumes), then prepared as above.
+  later runs and resumes), then prepared as above. Its train/val split uses `data.split_seed`, not the
+  training seed, so it is the split `make convert-sample` writes whatever `run.seed` is.
 
 In a multi-process run the main process converts/prepares first, the others then read its cache.
 """
@@ -31,20 +32,29 @@ class DatasetSourceError(ValueError):
     """`data.dataset_dir` is neither a COCO-panoptic folder nor a saved `DatasetDict`."""
 
 
-def _prepare(data: DataConfig, dataset_root: Path, seed: int) -> datasets.DatasetDict:
+def convert_sample(data: DataConfig, dataset_root: Path) -> Path:
+    """Convert the bundled CVAT sample into `dataset_root/panoptic` unless already done; return that folder.
+
+    The options are those of `make convert-sample` (`data.sample_stuff_labels`, `data.sample_val_ratio`,
+    `data.split_seed`), independent of the training seed.
+    """
+    panoptic_dir = dataset_root / "panoptic"
+    if not (panoptic_dir / "report.json").is_file():  # report.json is written last: conversion complete
+        exports = [Path(p) if Path(p).is_absolute() else REPO_ROOT / p for p in data.sample_exports]
+        logger.info(f"converting the CVAT sample {[str(p) for p in exports]} into {panoptic_dir}")
+        options = ConversionOptions(
+            stuff_labels=tuple(data.sample_stuff_labels),
+            val_ratio=data.sample_val_ratio,
+            seed=data.split_seed,
+            overwrite=True,
+        )
+        convert_exports(exports, panoptic_dir, options)
+    return panoptic_dir
+
+
+def _prepare(data: DataConfig, dataset_root: Path) -> datasets.DatasetDict:
     if data.dataset_dir is None:
-        panoptic_dir = dataset_root / "panoptic"
-        if not (panoptic_dir / "report.json").is_file():  # report.json is written last: conversion complete
-            exports = [Path(p) if Path(p).is_absolute() else REPO_ROOT / p for p in data.sample_exports]
-            logger.info(f"converting the CVAT sample {[str(p) for p in exports]} into {panoptic_dir}")
-            options = ConversionOptions(
-                stuff_labels=tuple(data.sample_stuff_labels),
-                val_ratio=data.sample_val_ratio,
-                seed=seed,
-                overwrite=True,
-            )
-            convert_exports(exports, panoptic_dir, options)
-        return build_hf_dataset(panoptic_dir, cache_dir=dataset_root / "arrow")
+        return build_hf_dataset(convert_sample(data, dataset_root), cache_dir=dataset_root / "arrow")
     source = Path(data.dataset_dir)
     if (source / "annotations").is_dir():
         return build_hf_dataset(source, cache_dir=dataset_root / "arrow")
@@ -61,7 +71,7 @@ def _first(split: datasets.Dataset, n: int | None) -> datasets.Dataset:
 
 
 def load_dataset_splits(
-    data: DataConfig, output_dir: Path, seed: int, accelerator: Accelerator
+    data: DataConfig, output_dir: Path, accelerator: Accelerator
 ) -> tuple[datasets.Dataset, datasets.Dataset, list[dict]]:
     """The training and evaluation splits and the category table (label i = categories[i]).
 
@@ -69,7 +79,7 @@ def load_dataset_splits(
         DatasetSourceError: unusable `dataset_dir`, or a missing split.
     """
     with accelerator.main_process_first():
-        dataset = _prepare(data, output_dir / "dataset", seed)
+        dataset = _prepare(data, output_dir / "dataset")
     for split in (data.train_split, data.eval_split):
         if split not in dataset:
             raise DatasetSourceError(

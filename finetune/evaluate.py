@@ -1,11 +1,15 @@
 """Evaluate a saved checkpoint on a dataset split: PQ / SQ / RQ (all, things, stuff, per class) and box mAP.
 
     python finetune/evaluate.py --model outputs/quickstart/final --dataset outputs/sample_panoptic \
-        [--split val] [--threshold 0.85] [--batch-size 4] [--save-predictions DIR] [--json-out F]
+        [--split val] [--threshold T] [--batch-size 4] [--save-predictions DIR] [--json-out F]
 
 ``--model``: a checkpoint folder (``output_dir/final``: config with ``stuff_label_ids``, weights,
 preprocessor) or a Hub id. ``--dataset``: a COCO-panoptic folder (built into a `datasets` cache
 with `dataset_scripts.panoptic_builder`) or a folder written by ``save_to_disk``.
+
+The post-processing thresholds default to the checkpoint's (the ``eval`` settings of training, saved
+in its config), so a default run reproduces ``all_results.json``; model labels map to the dataset's
+categories with `finetune.inference.label_to_category` (saved category ids, checked by name).
 
 PQ uses the panoptic predictions of `finetune.inference.PanopticPredictor` (stuff fused, original
 size) against the dataset's panoptic PNGs; box mAP uses DETR's box head (all queries, threshold 0,
@@ -66,22 +70,22 @@ def load_split(
     return data, load_categories(data)
 
 
-def label_categories(model_config: Any, categories: list[dict]) -> list[int]:
-    """Category id of each model label (label i = categories[i], interface 3), checked against the model."""
-    num_labels = len(model_config.id2label)
-    if num_labels != len(categories):
-        raise EvaluationSetupError(
-            f"the model has {num_labels} labels but the dataset has {len(categories)} categories"
-        )
-    names = [model_config.id2label[i] for i in range(num_labels)]
-    dataset_names = [c["name"] for c in categories]
-    if names != dataset_names:
+def label_categories(model_config: Any, categories: list[dict]) -> dict[int, int]:
+    """Category id of each model label (`finetune.inference.label_to_category`); logs categories it lacks.
+
+    Raises:
+        LabelMismatchError: the model's labels do not match the dataset's categories.
+    """
+    from finetune.inference import label_to_category
+
+    mapping = label_to_category(model_config, categories)
+    predicted = set(mapping.values())
+    lacking = sorted(c["name"] for c in categories if int(c["id"]) not in predicted)
+    if lacking:
         logger.warning(
-            "model labels %s differ from the dataset categories %s; matching by position",
-            names,
-            dataset_names,
+            "the model has no label for the dataset categories %s: they are never predicted", lacking
         )
-    return [int(c["id"]) for c in categories]
+    return mapping
 
 
 def _gt_boxes(segments: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -104,7 +108,7 @@ def evaluate_split(
     Args:
         predictor: A `PanopticPredictor`.
         split: Rows of interface 2 (``image``, ``panoptic``, ``segments_info``, ``image_id``, ...).
-        categories: `load_categories(split)`; model label i is ``categories[i]``.
+        categories: `load_categories(split)`; model labels map to them by `label_categories`.
         save_predictions: Also write the predictions as a COCO-panoptic folder there.
         split_name: Names the written JSON / PNG folder.
         max_images: Evaluate only the first N rows.
@@ -228,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dataset", required=True, help="COCO-panoptic folder or save_to_disk folder")
     parser.add_argument("--split", default="val")
     parser.add_argument(
-        "--threshold", type=float, default=None, help="segment score threshold (default: predictor's)"
+        "--threshold", type=float, default=None, help="segment score threshold (default: the checkpoint's)"
     )
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
@@ -245,9 +249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         split, categories = load_split(args.dataset, args.split, args.cache_dir)
-        kwargs = {} if args.threshold is None else {"threshold": args.threshold}
         predictor = PanopticPredictor.from_pretrained(
-            args.model, device=args.device, batch_size=args.batch_size, **kwargs
+            args.model, threshold=args.threshold, device=args.device, batch_size=args.batch_size
         )
         results, pq, _ = evaluate_split(
             predictor,

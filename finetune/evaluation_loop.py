@@ -25,6 +25,7 @@ from torch.utils.data import Subset
 from dataset_scripts.panoptic_format import rgb2id
 from finetune.box_map import BoxMapAccumulator
 from finetune.config import DEFAULT_MASK_THRESHOLD, DEFAULT_OVERLAP_MASK_AREA_THRESHOLD, DEFAULT_THRESHOLD
+from finetune.inference import label_to_category
 from finetune.panoptic_quality import PQAccumulator
 
 
@@ -34,7 +35,7 @@ class EvalContext:
 
     Attributes:
         hf_split: the evaluation split (rows of interface 2), for the ground truth.
-        categories: `load_categories(...)` (label i = categories[i]).
+        categories: `load_categories(...)`; model labels map to them with `label_to_category`.
         image_processor: the `DetrImageProcessor` whose post-processing is used.
         stuff_label_ids: labels fused into one segment per class (`label_ids_to_fuse`).
         threshold, mask_threshold, overlap_mask_area_threshold: panoptic post-processing knobs.
@@ -50,7 +51,6 @@ class EvalContext:
 
     def __post_init__(self) -> None:
         self.row_of_image = {int(image_id): i for i, image_id in enumerate(self.hf_split["image_id"])}
-        self.label_to_category = [int(c["id"]) for c in self.categories]
 
 
 def shard_for_process(dataset: Any, accelerator: Accelerator) -> Subset:
@@ -74,7 +74,8 @@ def evaluate(
     """Evaluate `model` (the unwrapped `DetrForSegmentation`) on this process's `loader` shard.
 
     Args:
-        model: the model; only `model.detr` runs when `panoptic` is False.
+        model: the model; only `model.detr` runs when `panoptic` is False. Its labels map to dataset
+            categories with `label_to_category(model.config, context.categories)`.
         loader: batches of `PanopticCollator` over this process's shard (`shard_for_process`).
         accelerator: for the device, autocast and cross-process merging.
         context: ground truth, categories, post-processing settings.
@@ -84,6 +85,7 @@ def evaluate(
         `box_map`, `box_map_50`, `box_map_75` and, with `panoptic`, `pq`, `sq`, `rq`, `pq_things`, ...,
         `pq_stuff`, ..., `per_class_pq` {category name: pq}; `num_images` evaluated. Same on every process.
     """
+    to_category = label_to_category(model.config, context.categories)
     was_training = model.training
     model.eval()
     boxes = BoxMapAccumulator(context.categories)
@@ -99,7 +101,7 @@ def evaluate(
             image_id = int(target["image_id"].item())
             orig_h, orig_w = (int(v) for v in target["orig_size"].tolist())
             gt_ids, gt_segments = _ground_truth(context, image_id)
-            _update_boxes(boxes, processor, outputs, i, image_id, (orig_h, orig_w), gt_segments, context)
+            _update_boxes(boxes, processor, outputs, i, image_id, (orig_h, orig_w), gt_segments, to_category)
             if pq is not None:
                 valid_h, valid_w = (int(v) for v in target["size"].tolist())
                 mask_h, mask_w = outputs.pred_masks.shape[-2:]
@@ -122,7 +124,7 @@ def evaluate(
                     result["segmentation"].to(torch.int64).clamp(min=0).cpu().numpy()
                 )  # -1 (no segment) -> void
                 pred_segments = [
-                    {"id": int(s["id"]), "category_id": context.label_to_category[int(s["label_id"])]}
+                    {"id": int(s["id"]), "category_id": to_category[int(s["label_id"])]}
                     for s in result["segments_info"]
                 ]
                 pq.update(pred_ids, pred_segments, gt_ids, gt_segments, image_id=image_id)
@@ -131,7 +133,7 @@ def evaluate(
     return _merge_and_compute(accelerator, context, boxes, pq)
 
 
-def _update_boxes(boxes, processor, outputs, i, image_id, orig_size, gt_segments, context) -> None:
+def _update_boxes(boxes, processor, outputs, i, image_id, orig_size, gt_segments, to_category) -> None:
     single = SimpleNamespace(
         logits=outputs.logits[i : i + 1].float(), pred_boxes=outputs.pred_boxes[i : i + 1].float()
     )
@@ -142,7 +144,7 @@ def _update_boxes(boxes, processor, outputs, i, image_id, orig_size, gt_segments
         image_id,
         det["boxes"].cpu().numpy(),
         det["scores"].cpu().numpy(),
-        np.array([context.label_to_category[int(k)] for k in det["labels"].tolist()], dtype=np.int64),
+        np.array([to_category[int(k)] for k in det["labels"].tolist()], dtype=np.int64),
         gt_boxes,
         np.array([s["category_id"] for s in gt_segments], dtype=np.int64),
         np.array([s.get("iscrowd", 0) for s in gt_segments], dtype=np.int64),

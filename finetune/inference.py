@@ -11,7 +11,12 @@ Example::
     predictor = PanopticPredictor.from_pretrained("outputs/quickstart/final")
     [prediction] = predictor.predict([Image.open("site.jpg")])
     prediction.ids        # (H, W) int64 segment ids, 0 = void
-    prediction.segments   # [{"id", "label_id", "name", "isthing", "score", "bbox", "area"}, ...]
+    prediction.segments   # [{"id", "label_id", "name", "isthing", "score", "bbox", "area", "color"}, ...]
+
+The checkpoint also carries what evaluation used (written by `finetune/export.py`), so every tool
+scores and draws a model the same way: ``config.panoptic_postprocess`` (thresholds, see
+`postprocess_settings`), ``config.category_ids`` (label -> dataset category id, see
+`label_to_category`) and ``config.label_colors`` (the dataset's category colours, see `label_color`).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +34,7 @@ import torch
 from PIL import Image
 
 from dataset_scripts.panoptic_format import segment_stats
-from dataset_scripts.preview import draw_panoptic_overlay, fallback_color
+from dataset_scripts.preview import draw_panoptic_overlay, palette_color
 from finetune.config import DEFAULT_MASK_THRESHOLD, DEFAULT_OVERLAP_MASK_AREA_THRESHOLD, DEFAULT_THRESHOLD
 
 logger = logging.getLogger(__name__)
@@ -37,6 +42,18 @@ logger = logging.getLogger(__name__)
 
 class ModelLoadError(RuntimeError):
     """A checkpoint folder or Hub id could not be loaded (the message says why and what to do)."""
+
+
+class LabelMismatchError(ValueError):
+    """The model's labels do not match the dataset's categories (the message names the label)."""
+
+
+POSTPROCESS_DEFAULTS: dict[str, float] = {
+    "threshold": DEFAULT_THRESHOLD,
+    "mask_threshold": DEFAULT_MASK_THRESHOLD,
+    "overlap_mask_area_threshold": DEFAULT_OVERLAP_MASK_AREA_THRESHOLD,
+}
+"""Panoptic post-processing settings and their defaults (used when neither caller nor checkpoint sets one)."""
 
 
 @dataclass
@@ -48,7 +65,7 @@ class PanopticPrediction:
         segments: One dict per segment id present in `ids`: ``id``, ``label_id`` (model label),
             ``category_id`` (dataset category id when the checkpoint knows it, else None),
             ``name``, ``isthing``, ``score`` (class probability; the highest of the fused queries for
-            stuff), ``bbox`` ``[x, y, w, h]`` px and ``area`` px.
+            stuff), ``bbox`` ``[x, y, w, h]`` px, ``area`` px and ``color`` (the class colour, `label_color`).
     """
 
     ids: np.ndarray
@@ -68,6 +85,108 @@ def stuff_label_ids(config: Any) -> set[int]:
         logger.warning("the checkpoint has no config.stuff_label_ids: stuff classes will not be fused")
         return set()
     return {int(i) for i in ids}
+
+
+def postprocess_settings(
+    config: Any,
+    threshold: float | None = None,
+    mask_threshold: float | None = None,
+    overlap_mask_area_threshold: float | None = None,
+) -> dict[str, float]:
+    """The post-processing settings to use: the argument, else the checkpoint's, else the default.
+
+    The checkpoint's values are ``config.panoptic_postprocess`` (the ``eval`` settings the model was
+    evaluated with, saved by `finetune.export.save_model_folder`), so that predictions and scores made
+    later match ``all_results.json``.
+
+    Returns:
+        ``{"threshold", "mask_threshold", "overlap_mask_area_threshold"}``.
+    """
+    saved = getattr(config, "panoptic_postprocess", None) or {}
+    given = {
+        "threshold": threshold,
+        "mask_threshold": mask_threshold,
+        "overlap_mask_area_threshold": overlap_mask_area_threshold,
+    }
+    settings = {}
+    for key, default in POSTPROCESS_DEFAULTS.items():
+        value = given[key] if given[key] is not None else saved.get(key, default)
+        value = float(value)
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{key} must lie in [0, 1], got {value}")
+        settings[key] = value
+    return settings
+
+
+def label_to_category(config: Any, categories: Sequence[Mapping[str, Any]]) -> dict[int, int]:
+    """Model label -> dataset category id, decided one way for evaluation, training and prediction.
+
+    With ``config.category_ids`` (saved by training, in label order) those ids are used, and each
+    label's name must be the name of that category in `categories`. Without them (a checkpoint from
+    elsewhere) labels are matched to categories by name. Categories the model lacks are allowed (they
+    are simply never predicted).
+
+    Args:
+        config: The model config (``id2label``, optionally ``category_ids``).
+        categories: The dataset categories (dicts with ``id`` and ``name``), in any order.
+
+    Raises:
+        LabelMismatchError: a label whose saved category id is absent from `categories` or names another
+            class, or (without saved ids) a label name that is no category name.
+    """
+    id2label = {int(k): str(v) for k, v in config.id2label.items()}
+    by_id = {int(c["id"]): str(c["name"]) for c in categories}
+    known = ", ".join(f"{cat_id} '{name}'" for cat_id, name in by_id.items())
+    saved = getattr(config, "category_ids", None)
+    if saved is not None:
+        if len(saved) != len(id2label):
+            raise LabelMismatchError(
+                f"the model has {len(id2label)} labels but config.category_ids lists {len(saved)} ids"
+            )
+        mapping = {}
+        for label, cat_id in enumerate(saved):
+            name, cat_id = id2label[label], int(cat_id)
+            if cat_id not in by_id:
+                raise LabelMismatchError(
+                    f"model label {label} '{name}' is category id {cat_id}, which the dataset does not have "
+                    f"(dataset categories: {known})"
+                )
+            if by_id[cat_id] != name:
+                raise LabelMismatchError(
+                    f"model label {label} '{name}' is category id {cat_id}, but the dataset's category "
+                    f"{cat_id} is '{by_id[cat_id]}': the model was trained on another category table"
+                )
+            mapping[label] = cat_id
+        return mapping
+    by_name = {name: cat_id for cat_id, name in by_id.items()}
+    missing = [f"{label} '{name}'" for label, name in sorted(id2label.items()) if name not in by_name]
+    if missing:
+        raise LabelMismatchError(
+            f"model label(s) {', '.join(missing)} match no dataset category by name "
+            f"(dataset categories: {known})"
+        )
+    return {label: by_name[name] for label, name in id2label.items()}
+
+
+def label_color(label_id: int, colors: Mapping[int, Sequence[int]] | None = None) -> tuple[int, int, int]:
+    """The colour of a model label: its saved category colour, else the shared palette's.
+
+    Args:
+        label_id: The model label.
+        colors: Label -> ``[r, g, b]`` saved in the checkpoint (`saved_label_colors`).
+
+    The palette fallback is the converter's (`dataset_scripts.preview.palette_color`, label ``i`` =
+    ``i``-th category), so ground-truth previews and prediction overlays agree.
+    """
+    if colors is not None and label_id in colors:
+        return tuple(int(c) for c in colors[label_id])[:3]  # type: ignore[return-value]
+    return palette_color(label_id)
+
+
+def saved_label_colors(config: Any) -> dict[int, tuple[int, int, int]]:
+    """``config.label_colors`` (a list in label order, saved by training) as {label: (r, g, b)}, or {}."""
+    colors = getattr(config, "label_colors", None) or []
+    return {label: tuple(int(c) for c in color)[:3] for label, color in enumerate(colors)}  # type: ignore
 
 
 def category_ids(config: Any) -> dict[int, int] | None:
@@ -90,45 +209,52 @@ class PanopticPredictor:
         mask_threshold: Mask probability above which a pixel belongs to a query's mask.
         overlap_mask_area_threshold: A query's segment is dropped when less than this fraction of
             its mask survives the per-pixel competition with the other queries.
+
+    Thresholds left at None take the checkpoint's evaluation settings, else the defaults
+    (`postprocess_settings`).
     """
 
     def __init__(
         self,
         model: Any,
         image_processor: Any,
-        threshold: float = DEFAULT_THRESHOLD,
+        threshold: float | None = None,
         device: str | torch.device | None = None,
         batch_size: int = 4,
-        mask_threshold: float = DEFAULT_MASK_THRESHOLD,
-        overlap_mask_area_threshold: float = DEFAULT_OVERLAP_MASK_AREA_THRESHOLD,
+        mask_threshold: float | None = None,
+        overlap_mask_area_threshold: float | None = None,
     ) -> None:
-        if not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        config = model.config
+        settings = postprocess_settings(config, threshold, mask_threshold, overlap_mask_area_threshold)
         self.device = _select_device(device)
         self.model = model.to(self.device).eval()
         self.image_processor = image_processor
-        self.threshold = threshold
+        self.threshold = settings["threshold"]
         self.batch_size = batch_size
-        self.mask_threshold = mask_threshold
-        self.overlap_mask_area_threshold = overlap_mask_area_threshold
-        config = model.config
+        self.mask_threshold = settings["mask_threshold"]
+        self.overlap_mask_area_threshold = settings["overlap_mask_area_threshold"]
         self.id2label = {int(k): v for k, v in config.id2label.items()}
         self.stuff_label_ids = stuff_label_ids(config)
         self.category_ids = category_ids(config)
+        saved_colors = saved_label_colors(config)
+        self.label_colors = {label: label_color(label, saved_colors) for label in self.id2label}
 
     @classmethod
     def from_pretrained(
         cls,
         name_or_path: str | os.PathLike,
-        threshold: float = DEFAULT_THRESHOLD,
+        threshold: float | None = None,
         device: str | torch.device | None = None,
         batch_size: int = 4,
         revision: str | None = None,
         **kwargs: Any,
     ) -> PanopticPredictor:
         """Load a checkpoint folder (``output_dir/final``) or a Hub model id.
+
+        `threshold` (and ``mask_threshold`` / ``overlap_mask_area_threshold`` in `kwargs`) default to
+        the checkpoint's evaluation settings (`postprocess_settings`).
 
         Raises:
             ModelLoadError: the folder lacks a piece, or the Hub id cannot be reached (offline,
@@ -233,18 +359,17 @@ class PanopticPredictor:
                 "score": float(info["score"]),
                 "bbox": stats[seg_id].bbox,
                 "area": stats[seg_id].area,
+                "color": self.label_colors.get(label, label_color(label)),
             }
         return PanopticPrediction(ids=ids, segments=sorted(merged.values(), key=lambda s: s["id"]))
 
 
-def label_color(label_id: int) -> tuple[int, int, int]:
-    """The overlay colour of a model label (deterministic, the same in every picture)."""
-    return fallback_color(label_id + 1)
-
-
 def render_overlay(image: Image.Image, prediction: PanopticPrediction, alpha: float = 0.5) -> Image.Image:
     """The colour overlay of a prediction: class colours, outlines, thing names + scores, legend."""
-    segments = [dict(seg, color=label_color(seg["label_id"])) for seg in prediction.segments]
+    segments = [
+        seg if seg.get("color") is not None else dict(seg, color=label_color(seg["label_id"]))
+        for seg in prediction.segments
+    ]
     return draw_panoptic_overlay(image, prediction.ids, segments, alpha=alpha)
 
 

@@ -11,11 +11,16 @@ One line per record, written by the main process only::
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any
 
 from accelerate import Accelerator
+
+from dataset_scripts.atomic_io import atomic_write_bytes
+
+logger = logging.getLogger(__name__)
 
 
 class MetricsLogger:
@@ -37,15 +42,29 @@ class MetricsLogger:
             self.accelerator.log(scalars, step=int(record.get("step", 0)))
 
     def truncate_after(self, global_step: int) -> None:
-        """Drop lines logged after `global_step` (a resumed run redoes them)."""
+        """Drop lines logged after `global_step` (a resumed run redoes them).
+
+        Lines that are not a JSON record (e.g. the last line, cut off by a crash) are dropped with a
+        warning. The file is replaced atomically, so a crash here leaves the old file.
+        """
         if not self.accelerator.is_main_process or not self.path.is_file():
             return
-        kept = [
-            line
-            for line in self.path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= global_step
-        ]
-        self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        kept = []
+        text = self.path.read_text(encoding="utf-8", errors="replace")
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                logger.warning("%s:%d: dropping an unreadable metrics line (%s)", self.path, number, error)
+                continue
+            if not isinstance(record, dict):
+                logger.warning("%s:%d: dropping a metrics line that is not a record", self.path, number)
+                continue
+            if record.get("step", 0) <= global_step:
+                kept.append(line)
+        atomic_write_bytes(self.path, "".join(line + "\n" for line in kept).encode("utf-8"))
 
 
 def _jsonable(value: Any) -> Any:

@@ -14,6 +14,8 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from finetune.config import DEFAULT_THRESHOLD
+
 DEFAULT_LICENSE = "apache-2.0"  # the license of facebook/detr-resnet-50-panoptic
 DEFAULT_TAGS = ["detr", "panoptic-segmentation", "image-segmentation", "vision", "construction"]
 
@@ -66,6 +68,18 @@ def base_model_id(training_config: dict[str, Any]) -> str | None:
     if isinstance(name, str) and HUB_ID.match(name) and not Path(name).exists():
         return name
     return None
+
+
+def score_threshold(config: dict[str, Any], training_config: dict[str, Any]) -> float:
+    """The score threshold the card's metrics were computed with.
+
+    `config.json`'s ``panoptic_postprocess`` (saved with the model, what inference tools default to),
+    else the ``eval`` section of `training_config.yaml`, else the project default.
+    """
+    saved = (config.get("panoptic_postprocess") or {}).get("threshold")
+    if saved is None:
+        saved = (training_config.get("eval") or {}).get("threshold")
+    return float(DEFAULT_THRESHOLD if saved is None else saved)
 
 
 def classes_table(config: dict[str, Any], results: dict[str, Any]) -> str:
@@ -182,8 +196,7 @@ def _body(
     n_things = len(id2label) - n_stuff
     data = training_config.get("data") or {}
     run = training_config.get("run") or {}
-    eval_cfg = training_config.get("eval") or {}
-    threshold = eval_cfg.get("threshold", 0.85)
+    threshold = score_threshold(config, training_config)
     metric_rows = [
         f"| {display} | {as_percent(results[key]):.1f} |"
         for key, _, display in METRICS

@@ -38,7 +38,6 @@ Deliberate differences, all on input that panopticapi mishandles:
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import multiprocessing
 import os
@@ -49,11 +48,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+
+from dataset_scripts import panoptic_format
+from dataset_scripts.panoptic_format import VOID_ID, PanopticFormatError
 
 logger = logging.getLogger(__name__)
 
-VOID_ID = 0
 # Columns of the per-class statistics array.
 IOU, TP, FP, FN = range(4)
 _STAT_NAMES = ("iou", "tp", "fp", "fn")
@@ -486,26 +486,18 @@ class PQAccumulator:
 
 
 def read_panoptic_rgb(path: str | os.PathLike, image_id: Any = None) -> np.ndarray:
-    """Decode a COCO-panoptic PNG into its ``(H, W, 3)`` uint8 RGB array (ids not yet combined).
+    """`panoptic_format.read_panoptic_rgb` (``(H, W, 3)`` uint8), its errors naming the image id too.
 
     The core compares neighbouring pixels on these bytes directly, which is cheaper than first
     combining the three channels into ids for every pixel.
+
+    Raises:
+        PanopticEvaluationError: missing or undecodable PNG.
     """
     try:
-        with Image.open(path) as img:
-            if img.mode not in ("RGB", "RGBA"):
-                raise PanopticEvaluationError(
-                    f"image {image_id}: {path} must be an RGB panoptic PNG, got mode {img.mode}"
-                )
-            if img.mode == "RGBA":
-                img = img.convert("RGB")
-            return np.asarray(img)
-    except FileNotFoundError:
-        raise PanopticEvaluationError(f"image {image_id}: panoptic PNG not found: {path}") from None
-    except PanopticEvaluationError:
-        raise
-    except Exception as err:  # PIL raises many types for broken files
-        raise PanopticEvaluationError(f"image {image_id}: cannot decode {path} ({err})") from err
+        return panoptic_format.read_panoptic_rgb(path)
+    except (FileNotFoundError, PanopticFormatError) as err:
+        raise PanopticEvaluationError(f"image {image_id}: {err}") from err
 
 
 def _segments_light(segments: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -555,13 +547,17 @@ def _score_chunk(tasks: list[dict[str, Any]]) -> np.ndarray:
 
 
 def _load_json(path: str | os.PathLike, what: str) -> dict[str, Any]:
+    """`panoptic_format.load_json` with this module's error type; needs only an ``annotations`` list.
+
+    (Not `load_panoptic_json`: a prediction JSON written by another tool may lack ``images`` or
+    ``categories``, as panopticapi allows.)
+    """
     try:
-        with open(path, "rb") as handle:
-            data = json.load(handle)
+        data = panoptic_format.load_json(path)
     except FileNotFoundError:
         raise PanopticEvaluationError(f"{what} JSON not found: {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise PanopticEvaluationError(f"{path}: malformed JSON ({err})") from err
+    except PanopticFormatError as err:
+        raise PanopticEvaluationError(str(err)) from err
     if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
         raise PanopticEvaluationError(f"{path}: not a COCO-panoptic file (no 'annotations' list)")
     return data

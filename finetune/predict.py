@@ -11,9 +11,14 @@ For every image that can be read:
   * ``OUT/overlays/<stem>.png``: the photo with class colours, outlines, names and a legend.
 
 Image and category ids: with ``--gt-json`` (the dataset's panoptic JSON) they are taken from it
-(images matched by file name, categories by name), so the predictions are scored against that
+(images matched by file name, so two inputs of the same name in different folders are an error;
+categories by `finetune.inference.label_to_category`: the checkpoint's ``config.category_ids``,
+checked against the category names, else by name), so the predictions are scored against that
 ground truth directly; without it, images are numbered 1..N in input order and category ids come
-from ``config.category_ids`` when the checkpoint has them, else label id + 1.
+from ``config.category_ids`` when the checkpoint has them, else label id + 1. Category colours are
+the checkpoint's (the dataset's colours), else the converter's palette.
+
+``--threshold`` (and the mask thresholds) default to the checkpoint's evaluation settings.
 
 Unreadable or corrupt images are reported (file name and reason) and skipped. Exit status: 0 when at
 least one image was processed, 1 when none could be (nothing found, or every file unreadable),
@@ -43,11 +48,10 @@ from dataset_scripts.cvat_records import ConversionError
 from dataset_scripts.image_io import load_upright_rgb
 from dataset_scripts.panoptic_format import load_json, write_panoptic_png
 from finetune.inference import (
-    DEFAULT_THRESHOLD,
     ModelLoadError,
     PanopticPrediction,
     PanopticPredictor,
-    label_color,
+    label_to_category,
     render_overlay,
 )
 
@@ -103,14 +107,16 @@ def output_stems(paths: Sequence[Path]) -> list[str]:
 
 
 def model_categories(predictor: PanopticPredictor, gt_categories: list[dict] | None) -> list[dict[str, Any]]:
-    """COCO categories of the model's labels (id, name, isthing 0/1, color, supercategory)."""
-    by_name = {c["name"]: c for c in gt_categories or []}
+    """COCO categories of the model's labels (id, name, isthing 0/1, color, supercategory).
+
+    Raises:
+        LabelMismatchError: with `gt_categories`, the model's labels do not match them.
+    """
+    to_gt = label_to_category(predictor.model.config, gt_categories) if gt_categories is not None else None
     categories = []
     for label, name in sorted(predictor.id2label.items()):
-        if gt_categories is not None:
-            if name not in by_name:
-                raise ValueError(f"model label '{name}' is not a category of the --gt-json file")
-            cat_id = int(by_name[name]["id"])
+        if to_gt is not None:
+            cat_id = to_gt[label]
         elif predictor.category_ids is not None:
             cat_id = predictor.category_ids[label]
         else:
@@ -121,15 +127,33 @@ def model_categories(predictor: PanopticPredictor, gt_categories: list[dict] | N
                 "id": cat_id,
                 "name": name,
                 "isthing": int(isthing),
-                "color": list(label_color(label)),
+                "color": list(predictor.label_colors[label]),
                 "supercategory": "thing" if isthing else "stuff",
             }
         )
     return categories
 
 
+def check_unique_gt_names(paths: Sequence[Path], gt_image_ids: dict[str, Any], gt_json: Any) -> None:
+    """Images are matched to ``--gt-json`` by file name: two inputs of one such name would share an id.
+
+    Raises:
+        ValueError: naming both paths.
+    """
+    first: dict[str, Path] = {}
+    for path in paths:
+        if path.name not in gt_image_ids:
+            continue
+        if path.name in first:
+            raise ValueError(
+                f"{first[path.name]} and {path} are both named '{path.name}': --gt-json {gt_json} matches "
+                "images by file name, so they would get the same image id; predict them in separate runs"
+            )
+        first[path.name] = path
+
+
 def prediction_annotation(
-    prediction: PanopticPrediction, image_id: Any, png_name: str, label_to_category: dict[int, int]
+    prediction: PanopticPrediction, image_id: Any, png_name: str, to_category: dict[int, int]
 ) -> dict[str, Any]:
     """The COCO-panoptic annotation of one prediction (segment ids as in the PNG)."""
     return {
@@ -138,7 +162,7 @@ def prediction_annotation(
         "segments_info": [
             {
                 "id": seg["id"],
-                "category_id": label_to_category[seg["label_id"]],
+                "category_id": to_category[seg["label_id"]],
                 "iscrowd": 0,
                 "bbox": seg["bbox"],
                 "area": seg["area"],
@@ -170,10 +194,11 @@ def predict_images(
     out_dir = Path(out_dir)
     gt = load_json(gt_json) if gt_json is not None else None
     categories = model_categories(predictor, gt["categories"] if gt else None)
-    label_to_category = {
+    to_category = {
         label: cat["id"] for label, cat in zip(sorted(predictor.id2label), categories, strict=True)
     }
     gt_image_ids = {Path(img["file_name"]).name: img["id"] for img in gt["images"]} if gt else {}
+    check_unique_gt_names(paths, gt_image_ids, gt_json)
 
     skipped: list[tuple[str, str]] = []
     images_json: list[dict[str, Any]] = []
@@ -212,7 +237,7 @@ def predict_images(
             images_json.append(
                 {"id": image_id, "file_name": path.name, "width": image.width, "height": image.height}
             )
-            annotations.append(prediction_annotation(prediction, image_id, png_name, label_to_category))
+            annotations.append(prediction_annotation(prediction, image_id, png_name, to_category))
             bar.update(1)
     bar.close()
 
@@ -243,7 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--model", required=True, help="checkpoint folder (output_dir/final) or Hub model id")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="minimum query score")
+    parser.add_argument(
+        "--threshold", type=float, default=None, help="minimum query score (default: the checkpoint's)"
+    )
     parser.add_argument("--batch-size", type=int, default=4, help="images per forward pass")
     parser.add_argument("--device", default=None, help="cuda, cpu... (default: cuda when available)")
     parser.add_argument("--gt-json", default=None, help="dataset panoptic JSON giving image and category ids")

@@ -19,6 +19,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: import the repo's packages, not this folder's modules
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+import io
 import logging
 import os
 import shutil
@@ -34,6 +35,7 @@ from accelerate.utils import set_seed
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
+from dataset_scripts.atomic_io import atomic_write_bytes
 from dataset_scripts.cvat_records import ConversionError
 from dataset_scripts.panoptic_format import PanopticFormatError
 from finetune.checkpointing import (
@@ -52,7 +54,7 @@ from finetune.evaluation_loop import EvalContext, shard_for_process
 from finetune.export import RESULTS_FILE, final_results, save_model_folder
 from finetune.loop import NonFiniteLossError, RunSession, fit_stage
 from finetune.metrics_log import MetricsLogger
-from finetune.modeling import ModelUnavailableError, load_model
+from finetune.modeling import ModelUnavailableError, label_space, load_model
 from push_to_hub import HubUploadError, ModelFolderError, push_model_dir
 
 logger = get_logger("finetune.train")  # also when run as a file (__name__ == "__main__")
@@ -141,7 +143,7 @@ def build_eval_context(
         hf_split=eval_split,
         categories=categories,
         image_processor=image_processor,
-        stuff_label_ids={i for i, c in enumerate(categories) if not c["isthing"]},
+        stuff_label_ids=set(label_space(categories)[2]),
         threshold=config.eval.threshold,
         mask_threshold=config.eval.mask_threshold,
         overlap_mask_area_threshold=config.eval.overlap_mask_area_threshold,
@@ -198,13 +200,18 @@ def load_checkpoint_weights(model: torch.nn.Module, checkpoint: Path) -> None:
 # ------------------------------------------------------------------------------------------------ finish
 
 
-def write_prediction_overlay(final_dir: Path, image, out_path: Path, threshold: float) -> None:
-    """The final model's panoptic prediction on one image, as a colour overlay."""
+def write_prediction_overlay(final_dir: Path, image, out_path: Path) -> None:
+    """The final model's panoptic prediction on one image, as a colour overlay (written atomically).
+
+    The post-processing settings are the checkpoint's (the `eval` section, saved in `final/`).
+    """
     from finetune.inference import PanopticPredictor, render_overlay
 
-    predictor = PanopticPredictor.from_pretrained(final_dir, threshold=threshold, device="cpu")
+    predictor = PanopticPredictor.from_pretrained(final_dir, device="cpu")
     (prediction,) = predictor.predict([image.convert("RGB")])
-    render_overlay(image.convert("RGB"), prediction).save(out_path)
+    buffer = io.BytesIO()
+    render_overlay(image.convert("RGB"), prediction).save(buffer, format="PNG")
+    atomic_write_bytes(out_path, buffer.getvalue())
 
 
 def format_results(results: dict[str, Any]) -> str:
@@ -234,12 +241,12 @@ def train(config: TrainingConfig, accelerator: Accelerator) -> dict[str, Any]:
         accelerator.init_trackers(config.logging.project_name, config=tracker_config(config))
 
     # build: dataset, model, processor, loaders
-    train_split, eval_split, categories = load_dataset_splits(
-        config.data, output_dir, config.run.seed, accelerator
-    )
+    train_split, eval_split, categories = load_dataset_splits(config.data, output_dir, accelerator)
     model = load_model(
         config.model.model_name_or_path, categories, config.model.class_map, config.model.config_overrides
     )
+    # This dataset's ids (not those of a checkpoint we started from): evaluation maps labels with them.
+    model.config.category_ids = [int(c["id"]) for c in categories]
     image_processor = build_image_processor(config.data.eval_size, config.data.eval_max_size)
     train_dataset, eval_dataset = build_datasets(train_split, eval_split, categories, config)
     collator = PanopticCollator(image_processor.image_mean, image_processor.image_std)
@@ -291,9 +298,7 @@ def train(config: TrainingConfig, accelerator: Accelerator) -> dict[str, Any]:
             f"final model saved to {final_dir}; metrics ({final_dir / RESULTS_FILE}):\n{format_results(results)}"
         )
         if len(eval_split):
-            write_prediction_overlay(
-                final_dir, eval_split[0]["image"], output_dir / OVERLAY_FILE, config.eval.threshold
-            )
+            write_prediction_overlay(final_dir, eval_split[0]["image"], output_dir / OVERLAY_FILE)
             logger.info(f"prediction overlay of {eval_split[0]['file_name']}: {output_dir / OVERLAY_FILE}")
         if config.hub.push_to_hub:
             push_final(final_dir, config)

@@ -155,3 +155,55 @@ def test_round_trip_through_training_config_yaml(tmp_path):
     assert load_config_file(tmp_path / "training_config.yaml") == config.to_dict()
     # A saved config is a valid --config file too.
     assert parse_config(["--config", str(tmp_path / "training_config.yaml")]) == config
+
+
+def _val_images(panoptic_dir: Path) -> list[str]:
+    annotations = json.loads((panoptic_dir / "annotations" / "panoptic_val.json").read_text(encoding="utf-8"))
+    return sorted(image["file_name"] for image in annotations["images"])
+
+
+def test_sample_split_follows_split_seed_not_training_seed(tmp_path):
+    """The auto-converted sample has the split of `make convert-sample`, whatever `run.seed` is."""
+    from accelerate import PartialState
+
+    from dataset_scripts.cvat_to_panoptic import ConversionOptions, convert_exports
+    from finetune.dataset_source import REPO_ROOT, convert_sample
+
+    PartialState()  # the accelerate logger of dataset_source needs it (one CPU process here)
+
+    # The Makefile's convert-sample: --stuff-labels floor wall sky ground --val-ratio 0.25 --seed 0
+    exports = [
+        REPO_ROOT / "sample_data" / "cvat_task_materials",
+        REPO_ROOT / "sample_data" / "cvat_task_machines",
+    ]
+    options = ConversionOptions(stuff_labels=("floor", "wall", "sky", "ground"), val_ratio=0.25, seed=0)
+    convert_exports(exports, tmp_path / "make_convert_sample", options)
+    expected = _val_images(tmp_path / "make_convert_sample")
+
+    splits = {}
+    for name, argv in [
+        ("default", ["--config", str(CONFIGS / "default.yaml")]),  # run.seed 42
+        ("quickstart", ["--config", str(CONFIGS / "quickstart.yaml")]),  # run.seed 0
+        ("seed7", ["--config", str(CONFIGS / "quickstart.yaml"), "--seed", "7"]),
+        ("split1", ["--config", str(CONFIGS / "quickstart.yaml"), "--split_seed", "1"]),
+    ]:
+        config = parse_config(argv)
+        assert config.data.dataset_dir is None
+        splits[name] = _val_images(convert_sample(config.data, tmp_path / name))
+    assert splits["default"] == splits["quickstart"] == splits["seed7"] == expected
+    assert len(expected) == 7  # a quarter of the 28 sample images
+    assert splits["split1"] != expected  # the split seed is what chooses the split
+
+
+def test_sample_conversion_is_kept_for_later_runs(tmp_path):
+    from accelerate import PartialState
+
+    from finetune.dataset_source import convert_sample
+
+    PartialState()
+
+    data = parse_config(["--config", str(CONFIGS / "quickstart.yaml")]).data
+    first = convert_sample(data, tmp_path)
+    report = (first / "report.json").stat().st_mtime_ns
+    data.split_seed = 1  # a finished conversion is reused (resumes keep their evaluation set)
+    assert convert_sample(data, tmp_path) == first and (first / "report.json").stat().st_mtime_ns == report

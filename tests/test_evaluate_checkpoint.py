@@ -182,8 +182,53 @@ def test_bad_setup_exits_nonzero(setup, tmp_path, repo_root):
     assert proc.returncode == 2
     assert "no such folder" in proc.stderr
 
-    from finetune.evaluate import EvaluationSetupError, label_categories
+    from finetune.evaluate import label_categories
+    from finetune.inference import LabelMismatchError
     from tests.conftest import tiny_detr_config
 
-    with pytest.raises(EvaluationSetupError, match="the model has 2 labels but the dataset has 3 categories"):
+    with pytest.raises(LabelMismatchError, match="model label.* 0 'LABEL_0', 1 'LABEL_1' match no dataset"):
         label_categories(tiny_detr_config(num_labels=2), CATEGORIES)
+
+
+def test_default_flags_use_the_thresholds_saved_with_the_checkpoint(setup, tmp_path, monkeypatch):
+    """A final/ folder written by save_model_folder after an eval at threshold 0.3 is evaluated at 0.3."""
+    from transformers import DetrForSegmentation, DetrImageProcessor
+
+    import finetune.evaluate
+    from finetune.config import TrainingConfig
+    from finetune.export import save_model_folder
+
+    config = TrainingConfig()
+    config.eval.threshold, config.eval.mask_threshold, config.eval.overlap_mask_area_threshold = 0.3, 0.4, 0.6
+    final = save_model_folder(
+        DetrForSegmentation.from_pretrained(setup["model"]),
+        DetrImageProcessor.from_pretrained(setup["model"]),
+        tmp_path / "final",
+        config,
+        CATEGORIES,
+        {"pq": 0.0},
+    )
+    seen = []
+    real = finetune.evaluate.evaluate_split
+
+    def spy(predictor, *args, **kwargs):
+        seen.append((predictor.threshold, predictor.mask_threshold, predictor.overlap_mask_area_threshold))
+        return real(predictor, *args, **kwargs)
+
+    monkeypatch.setattr(finetune.evaluate, "evaluate_split", spy)
+    argv = ["--model", str(final), "--dataset", str(setup["dataset"]), "--device", "cpu"]
+    argv += ["--cache-dir", str(setup["root"] / "cache"), "--max-images", "1"]
+    assert finetune.evaluate.main(argv) == 0
+    assert finetune.evaluate.main([*argv, "--threshold", "0.9"]) == 0
+    assert seen == [(0.3, 0.4, 0.6), (0.9, 0.4, 0.6)]
+
+
+def test_evaluation_maps_labels_by_saved_category_ids_on_a_reordered_table(setup):
+    """The dataset lists its categories in another order: labels still map to the right ids."""
+    from transformers import DetrForSegmentation
+
+    from finetune.evaluate import label_categories
+
+    config = DetrForSegmentation.from_pretrained(setup["model"]).config
+    config.category_ids = [1, 5, 9]
+    assert label_categories(config, CATEGORIES[::-1]) == {0: 1, 1: 5, 2: 9}

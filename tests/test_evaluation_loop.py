@@ -23,11 +23,16 @@ from tests.train_runs import REPO_ROOT, SAMPLE_EXPORTS, sample_export_args
 class OracleModel(torch.nn.Module):
     """Returns, batch after batch, logits/boxes/masks equal to the targets of `batches`."""
 
-    def __init__(self, batches: list[dict], num_labels: int, num_queries: int = 12):
+    def __init__(self, batches: list[dict], categories: list[dict], num_queries: int = 12):
         super().__init__()
         self.batches = iter(batches)
-        self.num_labels = num_labels
+        self.num_labels = len(categories)
         self.num_queries = num_queries
+        # as training builds it: labels in category order, the dataset's category ids
+        self.config = SimpleNamespace(
+            id2label={i: c["name"] for i, c in enumerate(categories)},
+            category_ids=[int(c["id"]) for c in categories],
+        )
 
     @property
     def detr(self) -> OracleModel:  # box-only evaluation calls model.detr
@@ -76,7 +81,7 @@ def test_oracle_predictions_score_perfectly(sample_dataset):
     accelerator = Accelerator(cpu=True)
     # batches of 2 images of different sizes: exercises the padding crop of pred_masks
     loader = DataLoader(shard_for_process(dataset, accelerator), batch_size=2, collate_fn=PanopticCollator())
-    model = OracleModel(list(loader), num_labels=len(categories))
+    model = OracleModel(list(loader), categories)
     context = EvalContext(
         hf_split=split,
         categories=categories,
@@ -91,3 +96,19 @@ def test_oracle_predictions_score_perfectly(sample_dataset):
     # Every segment is recognised; quality is bounded by the H/4 mask resolution (24 px here) on small things.
     assert results["rq_things"] > 0.9 and results["rq_stuff"] > 0.95
     assert results["pq_stuff"] > 0.85 and results["pq_things"] > 0.6
+
+
+def test_labels_of_another_category_table_are_refused(sample_dataset):
+    from finetune.inference import LabelMismatchError
+
+    categories = load_categories(sample_dataset)
+    model = OracleModel([], categories)
+    model.config.category_ids = model.config.category_ids[::-1]  # a model built for another table
+    context = EvalContext(
+        hf_split=sample_dataset["val"].select(range(1)),
+        categories=categories,
+        image_processor=build_image_processor(96, 128),
+        stuff_label_ids=set(),
+    )
+    with pytest.raises(LabelMismatchError, match=f"model label 0 '{categories[0]['name']}' is category id"):
+        evaluate(model, [], Accelerator(cpu=True), context, panoptic=True)

@@ -1,7 +1,11 @@
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from dataset_scripts.atomic_io import atomic_directory, atomic_write_json
 from dataset_scripts.panoptic_format import (
@@ -9,10 +13,13 @@ from dataset_scripts.panoptic_format import (
     id2rgb,
     load_panoptic_json,
     read_panoptic_png,
+    read_panoptic_rgb,
     rgb2id,
     segment_stats,
     write_panoptic_png,
 )
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_id_encoding_roundtrip_covers_all_three_channels(tmp_path):
@@ -51,6 +58,36 @@ def test_read_panoptic_png_errors_name_the_file(tmp_path):
     bad.write_bytes(b"not a png")
     with pytest.raises(PanopticFormatError, match="broken.png"):
         read_panoptic_png(bad)
+
+
+def test_read_panoptic_rgb_gives_the_png_bytes(tmp_path):
+    ids = np.array([[0, 1, 256], [65536, 7, 256**3 - 1]], dtype=np.int64)
+    write_panoptic_png(tmp_path / "a.png", ids)
+    rgb = read_panoptic_rgb(tmp_path / "a.png")
+    assert rgb.dtype == np.uint8 and rgb.shape == (2, 3, 3)
+    assert np.array_equal(rgb, id2rgb(ids))
+    # Another tool's RGBA PNG: the alpha channel is ignored, as panopticapi does.
+    rgba = np.concatenate([id2rgb(ids), np.full((2, 3, 1), 255, np.uint8)], axis=2)
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "rgba.png")
+    assert np.array_equal(read_panoptic_png(tmp_path / "rgba.png"), ids)
+    Image.fromarray(np.zeros((2, 3), np.uint8), mode="L").save(tmp_path / "gray.png")
+    with pytest.raises(PanopticFormatError, match=r"gray.png: panoptic PNG must be RGB, got mode L"):
+        read_panoptic_rgb(tmp_path / "gray.png")
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        read_panoptic_rgb(tmp_path / "missing.png")
+
+
+def test_module_import_leaves_scipy_for_segment_stats():
+    """Every PQ worker process imports this module: scipy (~0.3 s) only comes with `segment_stats`."""
+    code = (
+        "import sys\n"
+        "from dataset_scripts import panoptic_format\n"
+        "assert 'scipy' not in sys.modules, 'scipy imported with panoptic_format'\n"
+        "import finetune.panoptic_quality\n"
+        "assert 'scipy' not in sys.modules, 'scipy imported with finetune.panoptic_quality'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
 
 
 def test_load_panoptic_json_checks(tmp_path):
@@ -119,4 +156,9 @@ def test_segment_stats_small_and_large_ids_agree():
         mask = small == seg
         rows, cols = np.nonzero(mask)
         assert s_small[seg].area == mask.sum()
-        assert s_small[seg].bbox == [cols.min(), rows.min(), cols.max() - cols.min() + 1, rows.max() - rows.min() + 1]
+        assert s_small[seg].bbox == [
+            cols.min(),
+            rows.min(),
+            cols.max() - cols.min() + 1,
+            rows.max() - rows.min() + 1,
+        ]

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from dataset_scripts.panoptic_format import read_panoptic_png, segment_stats, write_panoptic_png
 from finetune.panoptic_quality import (
@@ -366,6 +367,11 @@ def _rewrite_pred(pred, mutate):
         ("duplicate_segment", r"image 1: predicted segments_info repeats segment id 5"),
         ("empty_prediction_set", r"prediction JSON has no annotations"),
         ("gt_json_id_not_in_png", r"image 1: ground-truth segment id\(s\) \[6\] are in segments_info"),
+        ("gray_pred_png", r"image 1: .*000001.png: panoptic PNG must be RGB, got mode L"),
+        ("broken_pred_png", r"image 1: .*000001.png: cannot decode panoptic PNG"),
+        ("malformed_pred_json", r"pred.json: malformed JSON"),
+        ("missing_gt_json", r"ground-truth JSON not found: .*gt.json"),
+        ("no_annotations_list", r"pred.json: not a COCO-panoptic file \(no 'annotations' list\)"),
     ],
 )
 def test_bad_input_names_image_and_id(tmp_path, case, message):
@@ -391,6 +397,16 @@ def test_bad_input_names_image_and_id(tmp_path, case, message):
         )
     elif case == "empty_prediction_set":
         _rewrite_pred(pred, lambda d: d.update(annotations=[]))
+    elif case == "gray_pred_png":
+        Image.fromarray(np.zeros((8, 10), np.uint8), mode="L").save(pred[1] / "000001.png")
+    elif case == "broken_pred_png":
+        (pred[1] / "000001.png").write_bytes(b"not a png")
+    elif case == "malformed_pred_json":
+        pred[0].write_text("{not json")
+    elif case == "missing_gt_json":
+        gt[0].unlink()
+    elif case == "no_annotations_list":
+        pred[0].write_text("[]")
     elif case == "gt_json_id_not_in_png":
         data = json.loads(gt[0].read_text())
         data["annotations"][0]["segments_info"].append({"id": 6, "category_id": 1, "iscrowd": 0, "area": 3})

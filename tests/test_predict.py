@@ -126,6 +126,43 @@ def test_predictions_score_pq_1_against_matching_ground_truth(checkpoint, images
     assert results["Stuff"]["pq"] == pytest.approx(1.0)  # one fused wall segment matches the GT wall
 
 
+def test_same_file_name_in_two_folders_with_gt_json_is_an_error(checkpoint, tmp_path, handmade, caplog):
+    """--gt-json matches images by file name: two inputs named a.jpg would share one image id."""
+    for folder in ("x", "y"):
+        (tmp_path / folder).mkdir()
+        Image.new("RGB", (16, 16)).save(tmp_path / folder / "a.jpg")
+    Image.new("RGB", (16, 16)).save(tmp_path / "x" / "b.jpg")
+    gt_json = tmp_path / "gt.json"
+    images = [{"id": 1, "file_name": "a.jpg", "width": 16, "height": 16}]
+    categories = [
+        {"id": i + 1, "name": name, "isthing": int(i not in STUFF)} for i, name in enumerate(LABELS)
+    ]
+    gt_json.write_text(json.dumps({"images": images, "annotations": [], "categories": categories}))
+    out = tmp_path / "out"
+    argv = [
+        str(tmp_path / "x"),
+        str(tmp_path / "y"),
+        "--model",
+        str(checkpoint),
+        "--out",
+        str(out),
+        "--quiet",
+    ]
+    assert predict.main([*argv, "--gt-json", str(gt_json)]) == 2
+    assert f"{tmp_path / 'x' / 'a.jpg'} and {tmp_path / 'y' / 'a.jpg'} are both named 'a.jpg'" in caplog.text
+    assert not out.exists()  # refused before writing anything
+    assert predict.main(argv) == 0  # without --gt-json the images are numbered: no clash
+
+
+def test_gt_json_with_other_category_names_is_refused(checkpoint, images, tmp_path, handmade, caplog):
+    gt_json = tmp_path / "gt.json"
+    categories = [{"id": i + 1, "name": f"other{i}", "isthing": 1} for i in range(len(LABELS))]
+    gt_json.write_text(json.dumps({"images": [], "annotations": [], "categories": categories}))
+    argv = [str(images / "a.jpg"), "--model", str(checkpoint), "--out", str(tmp_path / "out")]
+    assert predict.main([*argv, "--gt-json", str(gt_json), "--quiet"]) == 2
+    assert "model label(s) 0 'excavator'" in caplog.text
+
+
 def test_runs_as_a_file(repo_root):
     """The entry script imports the repo's packages when run as `python finetune/predict.py`."""
     proc = subprocess.run(

@@ -127,3 +127,17 @@ def test_shape_mismatch_raises():
     image, ids, segments = _scene()
     with pytest.raises(ValueError, match="shape"):
         draw_panoptic_overlay(image, ids[:10], segments)
+
+
+def test_one_palette_for_categories_labels_and_uncoloured_segments():
+    from dataset_scripts.preview import PALETTE_SIZE, distinct_colors, palette_color
+
+    colors = distinct_colors(PALETTE_SIZE)
+    assert colors[:7] == distinct_colors(7)  # a longer table starts with the shorter one
+    assert [list(palette_color(i)) for i in range(PALETTE_SIZE)] == colors
+    assert palette_color(0) == (242, 36, 36) and palette_color(PALETTE_SIZE) == palette_color(0)
+    # A segment without a colour is drawn in the palette colour of its id.
+    image, ids, segments = _scene()
+    segments[0] = {"id": 1, "name": "wall", "isthing": False}
+    overlay = np.asarray(draw_panoptic_overlay(image, ids, segments, alpha=1.0))
+    assert tuple(overlay[10, 40]) == palette_color(1)

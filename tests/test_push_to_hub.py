@@ -106,6 +106,19 @@ def test_card_without_optional_facts(model_dir, tmp_path):
     assert "| 0 | excavator | thing | – |" in card.text
 
 
+def test_card_threshold_is_the_one_saved_with_the_model(model_dir, tmp_path):
+    """The card's snippets use the threshold that produced the metrics (config.json), not a fixed 0.85."""
+    _edit_config(model_dir, panoptic_postprocess={"threshold": 0.3, "mask_threshold": 0.5})
+    push_model_dir(model_dir, "me/x", dry_run_dir=tmp_path / "saved")
+    text = (tmp_path / "saved" / "README.md").read_text()
+    assert 'segmenter("site.jpg", threshold=0.3)' in text and "outputs, threshold=0.3," in text
+    # An older folder without it: the training config's eval threshold.
+    _edit_config(model_dir, panoptic_postprocess=None)
+    (model_dir / "training_config.yaml").write_text("eval:\n  threshold: 0.45\n")
+    push_model_dir(model_dir, "me/x", dry_run_dir=tmp_path / "yaml")
+    assert 'segmenter("site.jpg", threshold=0.45)' in (tmp_path / "yaml" / "README.md").read_text()
+
+
 @pytest.mark.parametrize(
     ("breakage", "message"),
     [
