@@ -23,6 +23,7 @@ from dataset_scripts.cvat_records import ConversionError
 from dataset_scripts.cvat_to_panoptic import ConversionOptions, convert_exports, distinct_colors, main
 from dataset_scripts.panoptic_format import load_panoptic_json, read_panoptic_png, segment_stats
 from dataset_scripts.splits import assign_splits
+from tests.panoptic_checks import pq_against_itself
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
@@ -173,23 +174,6 @@ def check_panoptic_folder(out: Path) -> dict[str, dict]:
             for seg_id, seg in segs.items():
                 assert seg["area"] == stats[seg_id].area and seg["bbox"] == stats[seg_id].bbox
     return docs
-
-
-def pq_against_itself(out: Path, split: str, capsys) -> float:
-    """panopticapi's PQ (all classes) of a split scored against itself.
-
-    ``pq_compute`` itself divides by zero when a split has no stuff (or no thing) class, so its
-    single-core matcher and ``pq_average(isthing=None)`` are called directly.
-    """
-    from panopticapi.evaluation import pq_compute_single_core
-
-    doc = json.loads((out / "annotations" / f"panoptic_{split}.json").read_text())
-    folder = str(out / "annotations" / f"panoptic_{split}")
-    categories = {c["id"]: c for c in doc["categories"]}
-    pairs = [(ann, ann) for ann in doc["annotations"]]
-    stat = pq_compute_single_core(0, pairs, folder, folder, categories)
-    capsys.readouterr()  # panopticapi prints progress
-    return stat.pq_average(categories, isthing=None)[0]["pq"]
 
 
 def options(**kwargs) -> ConversionOptions:

@@ -16,6 +16,7 @@ from dataset_scripts.conversion_report import BOX_ONLY, MISSING_IMAGE, TAG, grou
 from dataset_scripts.cvat_records import ConversionError
 from dataset_scripts.cvat_to_panoptic import ConversionOptions, convert_exports
 from dataset_scripts.panoptic_format import load_panoptic_json, read_panoptic_png, segment_stats
+from tests.panoptic_checks import pq_against_itself
 
 pytestmark = [
     pytest.mark.shared,
@@ -66,23 +67,6 @@ def panoptic_outputs(out: Path) -> dict[str, tuple[dict, dict[str, np.ndarray]]]
             maps[ann["file_name"]] = ids
         result[split] = (doc, maps)
     return result
-
-
-def pq_against_itself(out: Path, split: str, capsys) -> float:
-    """panopticapi's PQ (all classes) of a split scored against itself.
-
-    ``pq_compute`` itself divides by zero when a split has no stuff (or no thing) class, so its
-    single-core matcher and ``pq_average(isthing=None)`` are called directly.
-    """
-    from panopticapi.evaluation import pq_compute_single_core
-
-    doc = json.loads((out / "annotations" / f"panoptic_{split}.json").read_text())
-    folder = str(out / "annotations" / f"panoptic_{split}")
-    categories = {c["id"]: c for c in doc["categories"]}
-    pairs = [(ann, ann) for ann in doc["annotations"]]
-    stat = pq_compute_single_core(0, pairs, folder, folder, categories)
-    capsys.readouterr()  # panopticapi prints progress
-    return stat.pq_average(categories, isthing=None)[0]["pq"]
 
 
 def test_urban_scene_xml_and_coco_exports_give_identical_output(shared_data, tmp_path):

@@ -9,6 +9,7 @@ import torch
 from accelerate.data_loader import skip_first_batches
 from PIL import Image
 
+from dataset_scripts.panoptic_builder import panoptic_features
 from dataset_scripts.panoptic_format import id2rgb
 from finetune.data import (
     PanopticCollator,
@@ -20,31 +21,13 @@ from finetune.data import (
     category_to_label_map,
 )
 
-# Interface 2: the rows of dataset_scripts/panoptic_builder.py.
-FEATURES = datasets.Features(
-    {
-        "image": datasets.Image(),
-        "panoptic": datasets.Image(),
-        "segments_info": datasets.List(
-            {
-                "id": datasets.Value("int64"),
-                "category_id": datasets.Value("int64"),
-                "iscrowd": datasets.Value("int64"),
-                "area": datasets.Value("int64"),
-                "bbox": datasets.List(datasets.Value("float32"), length=4),
-            }
-        ),
-        "image_id": datasets.Value("int64"),
-        "file_name": datasets.Value("string"),
-        "width": datasets.Value("int32"),
-        "height": datasets.Value("int32"),
-    }
-)
 CATEGORIES = [
     {"id": 3, "name": "wall"},
     {"id": 8, "name": "pipe"},
     {"id": 11, "name": "floor"},
 ]  # gaps on purpose
+# Interface 2: the builder's own row features, so that a schema change there is caught here.
+FEATURES = panoptic_features(CATEGORIES)
 
 
 def _row(image_id: int, height: int, width: int, rng: np.random.Generator, empty: bool = False) -> dict:

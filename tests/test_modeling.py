@@ -198,14 +198,14 @@ def test_random_init_backbone_residual_branches_get_gradients():
 
 
 def test_random_init_object_queries_are_distinct():
-    """transformers' N(0, 0.02) query init makes every query alike; the reference DETR init is N(0, 1)."""
+    """transformers' N(0, 0.02) init makes every query alike (measured spread ~1e-5); reference init ~0.05."""
     torch.manual_seed(0)
     model = load_model(None, CATEGORIES, config_overrides=TINY_OVERRIDES).eval()
     assert model.detr.model.query_position_embeddings.weight.std() > 0.5
     with torch.no_grad():
         logits = model.detr(pixel_values=torch.randn(1, 3, 64, 64)).logits[0]  # (queries, K + 1)
     spread = (logits - logits.mean(dim=0)).abs().mean()
-    assert spread > 0.1, f"every query predicts the same logits (mean deviation {spread:.4f})"
+    assert spread > 1e-2, f"every query predicts the same logits (mean deviation {spread:.4f})"
 
 
 def test_calibration_normalises_the_frozen_batchnorms():
