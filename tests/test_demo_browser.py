@@ -49,10 +49,9 @@ def _free_port() -> int:
 
 @pytest.fixture
 def app_url(tmp_path, monkeypatch):
-    from test_inference import handmade_outputs, save_tiny_checkpoint
-
     import demo
     from finetune.inference import PanopticPredictor
+    from tests.tiny_checkpoints import handmade_outputs, save_tiny_checkpoint
 
     checkpoint = save_tiny_checkpoint(tmp_path / "final")
     predictor = PanopticPredictor.from_pretrained(checkpoint, device="cpu", batch_size=1)

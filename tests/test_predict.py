@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from test_inference import EXCAVATOR, LABELS, STUFF, WALL, handmade_outputs, save_tiny_checkpoint
 
 from dataset_scripts.panoptic_format import read_panoptic_png, write_panoptic_png
 from finetune import predict
+from tests.tiny_checkpoints import EXCAVATOR, LABELS, STUFF, WALL, handmade_outputs, save_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")

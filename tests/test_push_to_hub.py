@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 from huggingface_hub import ModelCard
-from test_inference import LABELS, STUFF, save_tiny_checkpoint
 
 import push_to_hub
 from push_to_hub import HubUploadError, ModelFolderError, push_model_dir
+from tests.hub_recorder import RecordingApi
+from tests.tiny_checkpoints import LABELS, STUFF, save_tiny_checkpoint
 
 RESULTS = {
     "pq": 0.4321,
@@ -159,28 +160,6 @@ def _edit_config(folder: Path, **changes) -> None:
 def test_bad_repo_id(trained):
     with pytest.raises(ModelFolderError, match="repo-id"):
         push_model_dir(trained, "no slash", api=RecordingApi())
-
-
-class RecordingApi:
-    """Stands in for HfApi: records the calls and what the upload folder held."""
-
-    def __init__(self, fail_with: BaseException | None = None):
-        self.calls: list[tuple[str, dict]] = []
-        self.fail_with = fail_with
-
-    def create_repo(self, **kwargs):
-        self.calls.append(("create_repo", kwargs))
-        if self.fail_with is not None:
-            raise self.fail_with
-        return f"https://huggingface.co/{kwargs['repo_id']}"
-
-    def create_branch(self, **kwargs):
-        self.calls.append(("create_branch", kwargs))
-
-    def upload_folder(self, **kwargs):
-        folder = Path(kwargs["folder_path"])
-        self.calls.append(("upload_folder", {**kwargs, "files": sorted(p.name for p in folder.iterdir())}))
-        return "https://huggingface.co/me/detr-site/commit/abc123"
 
 
 def test_upload_is_one_commit_with_the_right_arguments(trained):
