@@ -115,6 +115,7 @@ class StageConfig:
     batch_size: int = 2
     lr: float = 1e-4
     backbone_lr: float = 1e-5
+    """Learning rate of the backbone's trainable stages; 0 freezes the backbone."""
     weight_decay: float = 1e-4
     max_grad_norm: float | None = 0.1
     """Gradient-norm clip (DETR: 0.1); null = no clipping."""
@@ -237,9 +238,13 @@ class TrainingConfig:
             raise ConfigError(f"run.stages: {stages} must be distinct and in the order {list(STAGE_NAMES)}")
         for name in STAGE_NAMES:
             st = self.stage(name)
-            for key in ("lr", "backbone_lr"):
-                if not getattr(st, key) > 0 or not math.isfinite(getattr(st, key)):
-                    raise ConfigError(f"{name}.{key} must be a positive number, got {getattr(st, key)}")
+            if not st.lr > 0 or not math.isfinite(st.lr):
+                raise ConfigError(f"{name}.lr must be a positive number, got {st.lr}")
+            # 0 freezes the backbone (a randomly initialised one must stay frozen: see quickstart.yaml).
+            if not st.backbone_lr >= 0 or not math.isfinite(st.backbone_lr):
+                raise ConfigError(
+                    f"{name}.backbone_lr must be >= 0 (0 = frozen backbone), got {st.backbone_lr}"
+                )
             for key in ("epochs", "batch_size"):
                 if getattr(st, key) < 1:
                     raise ConfigError(f"{name}.{key} must be >= 1, got {getattr(st, key)}")

@@ -96,7 +96,8 @@ def param_groups(
     """Optimizer parameter groups for `stage`, holding only its trainable parameters.
 
     Applies `freeze_for_stage` first, so that the optimizer and the `requires_grad` flags cannot disagree.
-    As in DETR, the backbone gets `backbone_lr` and weight decay applies to every parameter.
+    As in DETR, the backbone gets `backbone_lr` and weight decay applies to every parameter. A
+    `backbone_lr` of 0 freezes the backbone (`requires_grad` False: no backbone backward pass at all).
 
     Returns:
         `[{"params", "lr", "weight_decay", "name"}]`, non-empty groups only: `"transformer"` (stage
@@ -104,6 +105,10 @@ def param_groups(
     """
     inner = unwrap_model(model)
     freeze_for_stage(inner, stage)
+    if backbone_lr == 0:
+        for name, parameter in inner.named_parameters():
+            if name.startswith(BACKBONE_PREFIX):
+                parameter.requires_grad_(False)
     backbone, rest = [], []
     for name, parameter in inner.named_parameters():
         if parameter.requires_grad:

@@ -54,7 +54,7 @@ from finetune.evaluation_loop import EvalContext, shard_for_process
 from finetune.export import RESULTS_FILE, final_results, save_model_folder
 from finetune.loop import NonFiniteLossError, RunSession, fit_stage
 from finetune.metrics_log import MetricsLogger
-from finetune.modeling import ModelUnavailableError, label_space, load_model
+from finetune.modeling import ModelUnavailableError, calibrate_frozen_batchnorm, label_space, load_model
 from push_to_hub import HubUploadError, ModelFolderError, push_model_dir
 
 logger = get_logger("finetune.train")  # also when run as a file (__name__ == "__main__")
@@ -222,8 +222,9 @@ def format_results(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def push_final(final_dir: Path, config: TrainingConfig) -> None:
-    push_model_dir(final_dir, config.hub.hub_model_id, private=config.hub.hub_private)
+def push_final(final_dir: Path, config: TrainingConfig, api: Any = None) -> str:
+    """Upload `final_dir` through `push_to_hub.py`'s checks, model card and single commit."""
+    return push_model_dir(final_dir, config.hub.hub_model_id, private=config.hub.hub_private, api=api)
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -250,6 +251,9 @@ def train(config: TrainingConfig, accelerator: Accelerator) -> dict[str, Any]:
     image_processor = build_image_processor(config.data.eval_size, config.data.eval_max_size)
     train_dataset, eval_dataset = build_datasets(train_split, eval_split, categories, config)
     collator = PanopticCollator(image_processor.image_mean, image_processor.image_std)
+    if config.model.model_name_or_path is None:  # random backbone: frozen BatchNorm statistics from 16 images
+        first = [train_dataset[(i, config.run.seed)] for i in range(min(16, len(train_dataset)))]
+        calibrate_frozen_batchnorm(model, collator(first)["pixel_values"])
     eval_loader = DataLoader(
         shard_for_process(eval_dataset, accelerator),
         batch_size=config.eval.eval_batch_size,

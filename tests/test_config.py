@@ -115,6 +115,7 @@ def test_json_config_file(tmp_path):
         ({"trainer": {}}, [], "unknown section(s) ['trainer']"),
         ({"detection": {"lr": 0}}, [], "detection.lr must be a positive number"),
         ({"masks": {"lr": -1e-4}}, [], "masks.lr must be a positive number"),
+        ({"detection": {"backbone_lr": -1e-5}}, [], "detection.backbone_lr must be >= 0"),
         ({"detection": {"epochs": "many"}}, [], "detection.epochs must be of type"),
         ({}, ["--stages", "boxes"], "unknown stage(s) ['boxes']"),
         ({}, ["--stages", "masks,detection"], "must be distinct and in the order"),

@@ -185,13 +185,14 @@ def test_random_init_backbone_residual_branches_get_gradients():
     model = load_model(None, CATEGORIES, config_overrides=TINY_OVERRIDES)
     assert all(bn.weight.any() for bn in _frozen_batchnorms(model))
     labels = [
-        {"class_labels": torch.tensor([1, 2]), "boxes": torch.tensor([[0.5, 0.5, 0.4, 0.3], [0.5, 0.8, 1.0, 0.4]])}
+        {
+            "class_labels": torch.tensor([1, 2]),
+            "boxes": torch.tensor([[0.5, 0.5, 0.4, 0.3], [0.5, 0.8, 1.0, 0.4]]),
+        }
     ]
     output = model.detr(pixel_values=torch.randn(1, 3, 64, 64), labels=labels)
     output.loss.backward()
-    convs = {
-        n: p for n, p in model.detr.model.backbone.named_parameters() if ".layer" in n and p.dim() == 4
-    }
+    convs = {n: p for n, p in model.detr.model.backbone.named_parameters() if ".layer" in n and p.dim() == 4}
     assert len(convs) >= 15
     dead = [n for n, p in convs.items() if p.grad is None or not p.grad.any()]
     assert not dead, dead
@@ -208,13 +209,28 @@ def test_random_init_object_queries_are_distinct():
     assert spread > 1e-2, f"every query predicts the same logits (mean deviation {spread:.4f})"
 
 
+def test_random_init_mask_head_hears_the_attention_maps(pretrained_dir):
+    """The attention maps (entries ~1 / (heads * H * W)) must not be drowned by the encoder features."""
+    torch.manual_seed(0)
+    model = load_model(None, CATEGORIES, config_overrides=TINY_OVERRIDES)
+    weight = model.mask_head.conv1.conv.weight  # (out, d_model + heads, 3, 3)
+    heads = model.config.encoder_attention_heads
+    ratio = weight[:, -heads:].abs().mean() / weight[:, :-heads].abs().mean()
+    assert ratio > 20
+    # a trained mask head from a checkpoint is left as it is
+    warm = load_model(str(pretrained_dir), CATEGORIES)
+    trained = DetrForSegmentation.from_pretrained(pretrained_dir).mask_head.conv1.conv.weight
+    assert torch.equal(warm.mask_head.conv1.conv.weight, trained)
+
+
 def test_calibration_normalises_the_frozen_batchnorms():
     torch.manual_seed(0)
     images = torch.rand(4, 3, 64, 64) * 3 - 1
     model = load_model(None, CATEGORIES, config_overrides=TINY_OVERRIDES, calibration_images=images)
     outputs = []
     handles = [
-        bn.register_forward_hook(lambda _m, _i, out: outputs.append(out)) for bn in _frozen_batchnorms(model)
+        bn.register_forward_hook(lambda _m, _i, out: outputs.append(out.clone()))  # before in-place ReLUs
+        for bn in _frozen_batchnorms(model)
     ]
     with torch.no_grad():
         model.detr.model.backbone(images, torch.ones(4, 64, 64, dtype=torch.long))

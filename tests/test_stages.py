@@ -108,6 +108,19 @@ def test_param_groups_hold_only_trainable_parameters(make_tiny_detr_config, stag
     torch.optim.AdamW(groups)  # accepted as is
 
 
+def test_zero_backbone_lr_freezes_the_backbone(make_tiny_detr_config):
+    """backbone_lr 0: no backbone group and no backbone gradient (a random backbone kept as is)."""
+    model = make_model(make_tiny_detr_config)
+    groups = param_groups(model, "detection", lr=1e-4, backbone_lr=0.0, weight_decay=1e-4)
+    assert [g["name"] for g in groups] == ["transformer"]
+    backbone = {n: p for n, p in model.named_parameters() if n.startswith("detr.model.backbone.")}
+    assert backbone and not any(p.requires_grad for p in backbone.values())
+    assert model.detr.class_labels_classifier.weight.requires_grad
+    # a later stage with a non-zero backbone_lr trains layer2-4 again
+    param_groups(model, "detection", lr=1e-4, backbone_lr=1e-5, weight_decay=1e-4)
+    assert any(p.requires_grad for n, p in backbone.items() if ".layer4." in n)
+
+
 def test_detection_stage_keeps_mask_head_bit_identical(make_tiny_detr_config):
     model = make_model(make_tiny_detr_config)
     before = snapshot(model)

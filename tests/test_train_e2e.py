@@ -205,3 +205,22 @@ def test_default_config_offline_fails_fast_naming_quickstart(tmp_path, sample_ar
     assert "quickstart.yaml" in result.stderr and "model_name_or_path" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "offline" / "final").exists()
+
+
+def test_push_to_hub_at_the_end_uploads_final_in_one_commit(ci_run):
+    """`--push_to_hub --hub_model_id` goes through push_to_hub.py (checks, card, one commit)."""
+    from finetune.config import load_training_config
+    from finetune.train import push_final
+    from tests.hub_recorder import RecordingApi
+
+    out, _ = ci_run
+    config = load_training_config(out / "final" / "training_config.yaml")
+    config.hub.push_to_hub, config.hub.hub_model_id, config.hub.hub_private = True, "me/detr-ci", True
+    api = RecordingApi()
+    push_final(out / "final", config, api=api)
+    uploads = [kwargs for name, kwargs in api.calls if name == "upload_folder"]
+    assert len(uploads) == 1
+    assert uploads[0]["repo_id"] == "me/detr-ci"
+    assert {"README.md", "model.safetensors", "config.json", "all_results.json"} <= set(uploads[0]["files"])
+    [create] = [kwargs for name, kwargs in api.calls if name == "create_repo"]
+    assert create["repo_id"] == "me/detr-ci" and create["private"] is True
