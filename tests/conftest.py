@@ -7,6 +7,7 @@ to `tmp_path`; `HF_HUB_OFFLINE=1` is forced below so that any accidental Hub acc
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -62,3 +63,21 @@ def tiny_detr_config(num_labels: int = 5, **overrides):
 def make_tiny_detr_config():
     """Factory fixture: ``make_tiny_detr_config(num_labels=..., **overrides)``."""
     return tiny_detr_config
+
+
+@pytest.fixture
+def network_attempts(monkeypatch) -> list[tuple]:
+    """Every attempt to open a network connection, refused: an offline run must not even try (no retries)."""
+    attempts: list[tuple] = []
+
+    def refuse(name):
+        def refused(*args, **kwargs):
+            attempts.append((name, args[1:] if name == "socket.connect" else args))
+            raise OSError(f"network access in a test ({name})")
+
+        return refused
+
+    monkeypatch.setattr(socket.socket, "connect", refuse("socket.connect"))
+    monkeypatch.setattr(socket, "create_connection", refuse("create_connection"))
+    monkeypatch.setattr(socket, "getaddrinfo", refuse("getaddrinfo"))
+    return attempts

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import socket
 
 import huggingface_hub
 import pytest
@@ -259,24 +258,6 @@ def test_calibration_is_not_applied_to_a_checkpoint(pretrained_dir):
         if "backbone" in key:
             assert torch.equal(before[key], after[key]), key
     assert calibrate_frozen_batchnorm(model, images) == 20  # but it can be called explicitly
-
-
-@pytest.fixture
-def network_attempts(monkeypatch) -> list[tuple]:
-    """Every attempt to open a network connection, refused: an offline run must not even try (no retries)."""
-    attempts: list[tuple] = []
-
-    def refuse(name):
-        def refused(*args, **kwargs):
-            attempts.append((name, args[1:] if name == "socket.connect" else args))
-            raise OSError(f"network access in a test ({name})")
-
-        return refused
-
-    monkeypatch.setattr(socket.socket, "connect", refuse("socket.connect"))
-    monkeypatch.setattr(socket, "create_connection", refuse("create_connection"))
-    monkeypatch.setattr(socket, "getaddrinfo", refuse("getaddrinfo"))
-    return attempts
 
 
 def test_offline_hub_id_fails_fast_with_guidance(monkeypatch, network_attempts):

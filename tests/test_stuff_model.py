@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -372,24 +371,6 @@ def test_pseudo_label_stuff_maps_controlled_outputs(tmp_path, tiny_model_dir, im
         assert rows_sky[:boundary].all()
         assert abs(boundary - height / 2) <= 3, (key, boundary, height)
         assert (stuff[boundary + 1 :] == below).all()
-
-
-@pytest.fixture
-def network_attempts(monkeypatch) -> list[tuple]:
-    """Every attempt to open a network connection, refused: an offline run must not even try (no retries)."""
-    attempts: list[tuple] = []
-
-    def refuse(name):
-        def refused(*args, **kwargs):
-            attempts.append((name, args[1:] if name == "socket.connect" else args))
-            raise OSError(f"network access in a test ({name})")
-
-        return refused
-
-    monkeypatch.setattr(socket.socket, "connect", refuse("socket.connect"))
-    monkeypatch.setattr(socket, "create_connection", refuse("create_connection"))
-    monkeypatch.setattr(socket, "getaddrinfo", refuse("getaddrinfo"))
-    return attempts
 
 
 def test_hub_id_offline_fails_fast_with_hint(tmp_path, images, monkeypatch, network_attempts):
