@@ -46,6 +46,7 @@ from transformers import DetrConfig, DetrForSegmentation, DetrImageProcessor
 from dataset_scripts.panoptic_format import segment_stats, write_panoptic_png
 from finetune.data.collate import PanopticCollator
 from finetune.data.targets import panoptic_to_target
+from finetune.modeling import TINY_DETR_ARCHITECTURE
 from finetune.stages import STAGES, compute_stage_loss, param_groups
 
 logger = logging.getLogger("train_speed")
@@ -61,7 +62,7 @@ DEFAULTS = {
 
 
 def model_config(name: str) -> DetrConfig:
-    """`tiny` = tests/conftest.py's tiny_detr_config; `r50` = facebook/detr-resnet-50-panoptic's architecture."""
+    """`tiny` = `finetune.modeling.TINY_DETR_ARCHITECTURE` (the tests' model); `r50` = facebook/detr-resnet-50-panoptic's architecture."""
     common = {
         "use_timm_backbone": True,
         "use_pretrained_backbone": False,
@@ -69,18 +70,7 @@ def model_config(name: str) -> DetrConfig:
         "auxiliary_loss": True,
     }
     if name == "tiny":
-        return DetrConfig(
-            backbone="resnet18",
-            d_model=64,
-            encoder_layers=1,
-            decoder_layers=1,
-            encoder_attention_heads=8,
-            decoder_attention_heads=8,
-            encoder_ffn_dim=128,
-            decoder_ffn_dim=128,
-            num_queries=10,
-            **common,
-        )
+        return DetrConfig(**{**TINY_DETR_ARCHITECTURE, **common})
     if name == "r50":
         return DetrConfig(
             backbone="resnet50", d_model=256, encoder_layers=6, decoder_layers=6, num_queries=100, **common

@@ -32,6 +32,21 @@ QUICKSTART_CONFIG = "finetune/configs/quickstart.yaml"
 # DETR trains with the auxiliary decoding losses (one box/class loss per decoder layer); DetrConfig defaults
 # them off, so `load_model` turns them on unless `config_overrides` says otherwise.
 DEFAULT_OVERRIDES: dict[str, Any] = {"auxiliary_loss": True}
+# The smallest DETR this project trains: the tests' model and `bench/train_speed.py`'s `tiny` config
+# (timm resnet18, random init; the mask head needs d_model + heads divisible by 8, hence 64 + 8).
+TINY_DETR_ARCHITECTURE: dict[str, Any] = {
+    "backbone": "resnet18",
+    "use_timm_backbone": True,
+    "use_pretrained_backbone": False,
+    "d_model": 64,
+    "encoder_layers": 1,
+    "decoder_layers": 1,
+    "encoder_attention_heads": 8,
+    "decoder_attention_heads": 8,
+    "encoder_ffn_dim": 128,
+    "decoder_ffn_dim": 128,
+    "num_queries": 10,
+}
 _LABEL_SPACE_KEYS = ("id2label", "label2id", "num_labels")
 # Random init: how much louder the mask head hears the attention maps (see amplify_mask_head_attention_input).
 MASK_ATTENTION_GAIN = 100.0

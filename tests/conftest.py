@@ -41,22 +41,9 @@ def tiny_detr_config(num_labels: int = 5, **overrides):
     """
     from transformers import DetrConfig
 
-    kwargs = dict(
-        backbone="resnet18",
-        use_timm_backbone=True,
-        use_pretrained_backbone=False,
-        d_model=64,
-        encoder_layers=1,
-        decoder_layers=1,
-        encoder_attention_heads=8,
-        decoder_attention_heads=8,
-        encoder_ffn_dim=128,
-        decoder_ffn_dim=128,
-        num_queries=10,
-        num_labels=num_labels,
-    )
-    kwargs.update(overrides)
-    return DetrConfig(**kwargs)
+    from finetune.modeling import TINY_DETR_ARCHITECTURE
+
+    return DetrConfig(**{**TINY_DETR_ARCHITECTURE, "num_labels": num_labels, **overrides})
 
 
 @pytest.fixture
