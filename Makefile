@@ -9,10 +9,11 @@ OUT ?= outputs
 
 .PHONY: install quickstart convert-sample train-quickstart test lint clean
 
-$(STAMP): requirements.txt requirements-dev.txt
+$(STAMP): pyproject.toml requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements-dev.txt
+	# The project itself, editable, with the test tools (dev extras: pytest, ruff, hypothesis, gradio, playwright).
+	$(PY) -m pip install --quiet -e ".[dev]"
 	# The reference panopticapi (PQ cross-checks); its numpy<2 pin is spurious, hence --no-deps.
 	$(PY) -m pip install --quiet --no-deps panopticapi-lite
 	touch $(STAMP)

@@ -11,9 +11,6 @@ import os
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a file: import the repo's packages, not this folder's modules
-    sys.path[0] = str(Path(__file__).resolve().parents[0])
-
 # Before gradio is imported: no analytics / version-check calls to the network.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 

@@ -8,16 +8,12 @@ uncompressed-RLE brush mask with ``iscrowd: 1``), converts it with 1 worker and 
     python bench/convert_speed.py [--num-images 200] [--size 640x480] [--workers 2] [--seed 0]
 """
 
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as a file: import the repo's packages, not this folder's modules
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
 import argparse
 import json
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 from PIL import Image

@@ -5,12 +5,12 @@
 Generates a clean synthetic set with the sample generator (`dataset_scripts/make_sample.py`: two
 textured stuff bands and 1-2 large things), converts it with `dataset_scripts/cvat_to_panoptic.py`
 and `dataset_scripts/panoptic_builder.py`, trains the two stages with the project's pieces
-(`finetune.data`, `finetune.modeling.load_model`, `finetune.stages`) in a compact loop, and scores
-val PQ with `finetune.panoptic_quality.PQAccumulator` on DETR's panoptic post-processing (stuff
+(`finetune.data`, `finetune.modeling.loading.load_model`, `finetune.modeling.stages`) in a compact loop, and scores
+val PQ with `finetune.evaluation.panoptic_quality.PQAccumulator` on DETR's panoptic post-processing (stuff
 fused with ``label_ids_to_fuse``). Goal: PQ >= 0.5 in about 10 minutes of CPU.
 
 The recipe (`RECIPE`, and the README section "Training from scratch: what it takes") departs from a
-naive one where a naive one cannot learn at all. `finetune.modeling.load_model` does the first four
+naive one where a naive one cannot learn at all. `finetune.modeling.loading.load_model` does the first four
 for every random init (`prepare_random_init`), the quickstart included:
 
 * `reference_detr_init`: transformers initialises the object queries with N(0, 0.02) instead of DETR's
@@ -31,23 +31,19 @@ for every random init (`prepare_random_init`), the quickstart included:
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as a file: import the repo's packages, not this folder's modules
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
 import argparse
 import json
 import logging
 import math
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-import finetune.modeling
+import finetune.modeling.loading
 from dataset_scripts.cvat_to_panoptic import ConversionOptions, convert_exports
 from dataset_scripts.make_sample import STUFF_LABELS, synthetic_plans, write_dataset
 from dataset_scripts.panoptic_builder import build_hf_dataset, load_categories
@@ -61,9 +57,9 @@ from finetune.data import (
     build_train_transforms,
     category_to_label_map,
 )
-from finetune.modeling import load_model
-from finetune.panoptic_quality import PQAccumulator
-from finetune.stages import compute_stage_loss, param_groups
+from finetune.evaluation.panoptic_quality import PQAccumulator
+from finetune.modeling.loading import load_model
+from finetune.modeling.stages import compute_stage_loss, param_groups
 
 logger = logging.getLogger("bench.learning")
 
@@ -272,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     collator = PanopticCollator()
 
     if args.transformers_init:  # experiment: keep transformers' N(0, 0.02) init of the transformer and heads
-        finetune.modeling.reference_detr_init = lambda model: None
+        finetune.modeling.loading.reference_detr_init = lambda model: None
     calibration = collator([train_set[(i, args.seed)] for i in range(16)])["pixel_values"]
     model = load_model(None, categories, config_overrides=RECIPE["model"], calibration_images=calibration)
 

@@ -1,4 +1,4 @@
-"""Speed of ``python -m finetune.panoptic_quality`` against panopticapi's ``pq_compute``.
+"""Speed of ``python -m finetune.evaluation.panoptic_quality`` against panopticapi's ``pq_compute``.
 
 Generates COCO-panoptic GT and prediction folders (default 500 images at 480x640, 10-40
 segments each: stuff bands, blobs and boxes; predictions = shifted GT with class errors, misses,
@@ -15,20 +15,16 @@ Prints the three times, the ratios, and checks that both evaluators give the sam
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as a file: import the repo's packages, not this folder's modules
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
 import argparse
 import json
 import multiprocessing
 import os
 import resource
 import subprocess
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -208,7 +204,7 @@ def main() -> None:
         ours_cmd = [
             sys.executable,
             "-m",
-            "finetune.panoptic_quality",
+            "finetune.evaluation.panoptic_quality",
             "--gt-json",
             gt[0],
             "--gt-folder",

@@ -5,7 +5,7 @@ facebook/detr-resnet-50-panoptic, random init) and each stage, times whole optim
 construction-like scenes (two stuff bands, a few rectangular things) at a fixed size:
 
 * ours: samples pre-built by the data path (`finetune.data.targets.panoptic_to_target`, as the DataLoader
-  workers do), then in the step `PanopticCollator` + `finetune.stages.compute_stage_loss` + backward + AdamW.
+  workers do), then in the step `PanopticCollator` + `finetune.modeling.stages.compute_stage_loss` + backward + AdamW.
   Stage detection runs `model.detr` (box losses only); stage masks runs the frozen DETR without grad and
   the mask head on the matched queries only.
 * naive: what the tutorials do: in the step, `DetrImageProcessor(format="coco_panoptic")` builds the batch from
@@ -24,12 +24,6 @@ machine while other jobs ran (load average ~8).
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as a file: import the repo's packages, not this folder's modules
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
 import argparse
 import copy
 import logging
@@ -37,6 +31,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -46,8 +41,8 @@ from transformers import DetrConfig, DetrForSegmentation, DetrImageProcessor
 from dataset_scripts.panoptic_format import segment_stats, write_panoptic_png
 from finetune.data.collate import PanopticCollator
 from finetune.data.targets import panoptic_to_target
-from finetune.modeling import TINY_DETR_ARCHITECTURE
-from finetune.stages import STAGES, compute_stage_loss, param_groups
+from finetune.modeling.loading import TINY_DETR_ARCHITECTURE
+from finetune.modeling.stages import STAGES, compute_stage_loss, param_groups
 
 logger = logging.getLogger("train_speed")
 
@@ -62,7 +57,7 @@ DEFAULTS = {
 
 
 def model_config(name: str) -> DetrConfig:
-    """`tiny` = `finetune.modeling.TINY_DETR_ARCHITECTURE` (the tests' model); `r50` = facebook/detr-resnet-50-panoptic's architecture."""
+    """`tiny` = `finetune.modeling.loading.TINY_DETR_ARCHITECTURE` (the tests' model); `r50` = facebook/detr-resnet-50-panoptic's architecture."""
     common = {
         "use_timm_backbone": True,
         "use_pretrained_backbone": False,

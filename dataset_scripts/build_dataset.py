@@ -11,15 +11,11 @@ from the usual places (``HF_TOKEN``, ``hf auth login``) by huggingface_hub and n
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as a file: import the repo's packages, not this folder's modules
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
 import argparse
 import logging
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import datasets
 

@@ -17,19 +17,15 @@ Everything is built in a temporary sibling folder and renamed at the end (`atomi
 on a user error nothing is written and the exit status is non-zero.
 """
 
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as a file: import the repo's packages, not this folder's modules
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
 import argparse
 import dataclasses
 import logging
 import re
+import sys
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -46,9 +42,9 @@ from dataset_scripts.conversion_report import (
     ConversionReport,
     ReportWarning,
 )
-from dataset_scripts.cvat_coco import read_coco_export, read_coco_file, read_per_class_export
-from dataset_scripts.cvat_records import MASK_KINDS, ConversionError, Export, ImageRecord
-from dataset_scripts.cvat_xml import read_cvat_xml
+from dataset_scripts.cvat.coco import read_coco_export, read_coco_file, read_per_class_export
+from dataset_scripts.cvat.records import MASK_KINDS, ConversionError, Export, ImageRecord
+from dataset_scripts.cvat.xml import read_cvat_xml
 from dataset_scripts.image_io import UprightImageLoader, load_upright_rgb, write_image
 from dataset_scripts.panoptic_format import PanopticFormatError, encode_panoptic_png, read_panoptic_png
 from dataset_scripts.preview import distinct_colors

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
-from dataset_scripts.cvat_records import ConversionError
+from dataset_scripts.cvat.records import ConversionError
 
 _EXIF_ORIENTATION = 0x0112
 

@@ -37,8 +37,8 @@ from dataset_scripts.conversion_report import (
     UNSUPPORTED,
     ReportWarning,
 )
-from dataset_scripts.cvat_records import MASK_KINDS, Shape
-from dataset_scripts.cvat_xml import decode_cvat_rle
+from dataset_scripts.cvat.records import MASK_KINDS, Shape
+from dataset_scripts.cvat.xml import decode_cvat_rle
 from dataset_scripts.panoptic_format import segment_stats
 
 

@@ -15,27 +15,23 @@ PQ uses the panoptic predictions of `finetune.inference.PanopticPredictor` (stuf
 size) against the dataset's panoptic PNGs; box mAP uses DETR's box head (all queries, threshold 0,
 as COCO ranks by score), like the evaluation during training. ``--save-predictions DIR`` writes
 ``DIR/panoptic_{split}.json`` + ``DIR/panoptic_{split}/*.png`` (COCO-panoptic), which
-``python -m finetune.panoptic_quality`` and other tools can score.
+``python -m finetune.evaluation.panoptic_quality`` and other tools can score.
 """
-
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as a file: import the repo's packages, not this folder's modules
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import argparse
 import logging
 import os
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
 from dataset_scripts.atomic_io import atomic_directory, atomic_write_json
-from finetune.box_map import BoxMapAccumulator
-from finetune.panoptic_quality import PQAccumulator, results_to_json
+from finetune.evaluation.box_map import BoxMapAccumulator
+from finetune.evaluation.panoptic_quality import PQAccumulator, results_to_json
 
 logger = logging.getLogger("finetune.evaluate")
 

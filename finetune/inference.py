@@ -13,7 +13,7 @@ Example::
     prediction.ids        # (H, W) int64 segment ids, 0 = void
     prediction.segments   # [{"id", "label_id", "name", "isthing", "score", "bbox", "area", "color"}, ...]
 
-The checkpoint also carries what evaluation used (written by `finetune/export.py`), so every tool
+The checkpoint also carries what evaluation used (written by `finetune/training/export.py`), so every tool
 scores and draws a model the same way: ``config.panoptic_postprocess`` (thresholds, see
 `postprocess_settings`), ``config.category_ids`` (label -> dataset category id, see
 `label_to_category`) and ``config.label_colors`` (the dataset's category colours, see `label_color`).
@@ -96,7 +96,7 @@ def postprocess_settings(
     """The post-processing settings to use: the argument, else the checkpoint's, else the default.
 
     The checkpoint's values are ``config.panoptic_postprocess`` (the ``eval`` settings the model was
-    evaluated with, saved by `finetune.export.save_model_folder`), so that predictions and scores made
+    evaluated with, saved by `finetune.training.export.save_model_folder`), so that predictions and scores made
     later match ``all_results.json``.
 
     Returns:

@@ -6,7 +6,7 @@ For every image that can be read:
   * ``OUT/panoptic_predictions/<stem>.png``: the segment-id PNG (id = R + 256 G + 256^2 B),
   * an entry in ``OUT/panoptic_predictions.json`` (COCO-panoptic: images, annotations with
     segments_info, categories from the model config), so that
-    ``python -m finetune.panoptic_quality --gt-json ... --pred-json OUT/panoptic_predictions.json``
+    ``python -m finetune.evaluation.panoptic_quality --gt-json ... --pred-json OUT/panoptic_predictions.json``
     can score it,
   * ``OUT/overlays/<stem>.png``: the photo with class colours, outlines, names and a legend.
 
@@ -26,25 +26,21 @@ least one image was processed, 1 when none could be (nothing found, or every fil
 Every file is written atomically (temporary file + rename), the JSON last.
 """
 
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as a file: import the repo's packages, not this folder's modules
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
 import argparse
 import glob
 import io
 import logging
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from PIL import Image
 from tqdm.auto import tqdm
 
 from dataset_scripts.atomic_io import atomic_write_bytes, atomic_write_json
-from dataset_scripts.cvat_records import ConversionError
+from dataset_scripts.cvat.records import ConversionError
 from dataset_scripts.image_io import load_upright_rgb
 from dataset_scripts.panoptic_format import load_json, write_panoptic_png
 from finetune.inference import (

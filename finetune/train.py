@@ -13,17 +13,13 @@ See `finetune/config.py` for every option.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as a file: import the repo's packages, not this folder's modules
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
 import io
 import logging
 import os
 import shutil
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import datasets
@@ -36,26 +32,31 @@ from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
 from dataset_scripts.atomic_io import atomic_write_bytes
-from dataset_scripts.cvat_records import ConversionError
+from dataset_scripts.cvat.records import ConversionError
 from dataset_scripts.panoptic_format import PanopticFormatError
-from finetune.checkpointing import (
+from finetune.config import STAGE_NAMES, ConfigError, TrainingConfig, parse_config
+from finetune.data.collate import PanopticCollator
+from finetune.data.dataset import PanopticTrainingDataset, category_to_label_map
+from finetune.data.loading import build_dataloader, build_image_processor
+from finetune.data.source import DatasetSourceError, load_dataset_splits
+from finetune.data.transforms import build_eval_transforms, build_train_transforms
+from finetune.evaluation.loop import EvalContext, shard_for_process
+from finetune.hub.push import HubUploadError, ModelFolderError, push_model_dir
+from finetune.modeling.loading import (
+    ModelUnavailableError,
+    calibrate_frozen_batchnorm,
+    label_space,
+    load_model,
+)
+from finetune.training.checkpointing import (
     CheckpointError,
     TrainerState,
     read_trainer_state,
     resolve_checkpoint,
 )
-from finetune.config import STAGE_NAMES, ConfigError, TrainingConfig, parse_config
-from finetune.data.collate import PanopticCollator
-from finetune.data.dataset import PanopticTrainingDataset, category_to_label_map
-from finetune.data.loading import build_dataloader, build_image_processor
-from finetune.data.transforms import build_eval_transforms, build_train_transforms
-from finetune.dataset_source import DatasetSourceError, load_dataset_splits
-from finetune.evaluation_loop import EvalContext, shard_for_process
-from finetune.export import RESULTS_FILE, final_results, save_model_folder
-from finetune.loop import NonFiniteLossError, RunSession, fit_stage
-from finetune.metrics_log import MetricsLogger
-from finetune.modeling import ModelUnavailableError, calibrate_frozen_batchnorm, label_space, load_model
-from push_to_hub import HubUploadError, ModelFolderError, push_model_dir
+from finetune.training.export import RESULTS_FILE, final_results, save_model_folder
+from finetune.training.loop import NonFiniteLossError, RunSession, fit_stage
+from finetune.training.metrics_log import MetricsLogger
 
 logger = get_logger("finetune.train")  # also when run as a file (__name__ == "__main__")
 

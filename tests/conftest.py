@@ -41,7 +41,7 @@ def tiny_detr_config(num_labels: int = 5, **overrides):
     """
     from transformers import DetrConfig
 
-    from finetune.modeling import TINY_DETR_ARCHITECTURE
+    from finetune.modeling.loading import TINY_DETR_ARCHITECTURE
 
     return DetrConfig(**{**TINY_DETR_ARCHITECTURE, "num_labels": num_labels, **overrides})
 

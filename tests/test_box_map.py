@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from finetune.box_map import BoxMapAccumulator
+from finetune.evaluation.box_map import BoxMapAccumulator
 
 CATEGORIES = [{"id": 1, "name": "crane"}, {"id": 4, "name": "worker"}]
 

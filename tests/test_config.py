@@ -168,7 +168,7 @@ def test_sample_split_follows_split_seed_not_training_seed(tmp_path):
     from accelerate import PartialState
 
     from dataset_scripts.cvat_to_panoptic import ConversionOptions, convert_exports
-    from finetune.dataset_source import REPO_ROOT, convert_sample
+    from finetune.data.source import REPO_ROOT, convert_sample
 
     PartialState()  # the accelerate logger of dataset_source needs it (one CPU process here)
 
@@ -199,7 +199,7 @@ def test_sample_split_follows_split_seed_not_training_seed(tmp_path):
 def test_sample_conversion_is_kept_for_later_runs(tmp_path):
     from accelerate import PartialState
 
-    from finetune.dataset_source import convert_sample
+    from finetune.data.source import convert_sample
 
     PartialState()
 

@@ -19,7 +19,7 @@ from dataset_scripts.conversion_report import (
     UNUSED_LABEL,
     group_by_code,
 )
-from dataset_scripts.cvat_records import ConversionError
+from dataset_scripts.cvat.records import ConversionError
 from dataset_scripts.cvat_to_panoptic import ConversionOptions, convert_exports, distinct_colors, main
 from dataset_scripts.panoptic_format import load_panoptic_json, read_panoptic_png, segment_stats
 from dataset_scripts.splits import assign_splits

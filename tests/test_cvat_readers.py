@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from dataset_scripts.cvat_coco import read_coco_export, read_coco_file
-from dataset_scripts.cvat_records import ConversionError
+from dataset_scripts.cvat.coco import read_coco_export, read_coco_file
+from dataset_scripts.cvat.records import ConversionError
+from dataset_scripts.cvat.xml import decode_cvat_rle, read_cvat_xml
 from dataset_scripts.cvat_to_panoptic import merge_images, read_export
-from dataset_scripts.cvat_xml import decode_cvat_rle, read_cvat_xml
 from dataset_scripts.rasterize import CategoryRef, rasterize_image
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -194,7 +194,7 @@ def test_cvat_mask_and_coco_rle_rasterise_identically():
     ys, xs = np.nonzero(full)
     top, left, bottom, right = ys.min(), xs.min(), ys.max() + 1, xs.max() + 1
     box = full[top:bottom, left:right]
-    from dataset_scripts.cvat_records import Shape
+    from dataset_scripts.cvat.records import Shape
 
     xml_shape = Shape(
         label="car",

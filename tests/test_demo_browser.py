@@ -1,11 +1,10 @@
 """The Gradio demo in a real headless browser: upload a photo, the overlay and segment list appear.
 
-Needs the optional demo packages and Debian's chromium (never `playwright install`):
+Needs gradio and playwright (the dev extras: `make install`) and Debian's chromium (never
+`playwright install`): `apt-get install -y chromium`; `.ci/run` installs it when missing.
 
-    pip install -r requirements-demo.txt playwright && apt-get install -y chromium
-    HF_HUB_OFFLINE=1 .venv/bin/python -m pytest -q tests/test_demo_browser.py
-
-Skipped cleanly when gradio, playwright or chromium is missing. The app runs on localhost with
+Skipped on a machine without chromium, except under CI (`CI=true`), where a missing browser fails
+the test instead, so CI always reports it passed. The app runs on localhost with
 analytics off and no share link; the model is the tiny test checkpoint with hand-made outputs
 (wall at the top, two excavators at the bottom), so the page content is known.
 """
@@ -21,11 +20,13 @@ import pytest
 from PIL import Image
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-gr = pytest.importorskip("gradio")
-sync_api = pytest.importorskip("playwright.sync_api")
+import gradio  # noqa: E402, F401  (dev extras: a missing package is an error, not a skip)
+from playwright import sync_api  # noqa: E402
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+IN_CI = os.environ.get("CI", "").lower() == "true"
 pytestmark = [
-    pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed"),
+    pytest.mark.skipif(CHROMIUM is None and not IN_CI, reason="Debian's chromium is not installed"),
     pytest.mark.filterwarnings("ignore::Warning:gradio.*"),  # gradio's own pandas deprecations
 ]
 

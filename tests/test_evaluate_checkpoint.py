@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from dataset_scripts.panoptic_format import read_panoptic_png, segment_stats, write_panoptic_png
-from finetune.panoptic_quality import evaluate_folders
+from finetune.evaluation.panoptic_quality import evaluate_folders
 
 CATEGORIES = [
     {"id": 1, "name": "crane", "isthing": 1, "color": [200, 0, 0], "supercategory": "machine"},
@@ -196,7 +196,7 @@ def test_default_flags_use_the_thresholds_saved_with_the_checkpoint(setup, tmp_p
 
     import finetune.evaluate
     from finetune.config import TrainingConfig
-    from finetune.export import save_model_folder
+    from finetune.training.export import save_model_folder
 
     config = TrainingConfig()
     config.eval.threshold, config.eval.mask_threshold, config.eval.overlap_mask_area_threshold = 0.3, 0.4, 0.6

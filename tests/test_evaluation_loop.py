@@ -1,4 +1,4 @@
-"""`finetune.evaluation_loop.evaluate`: an oracle model that outputs the ground truth scores ~1 (box mAP and
+"""`finetune.evaluation.loop.evaluate`: an oracle model that outputs the ground truth scores ~1 (box mAP and
 PQ), so coordinates, padding crops, label <-> category mapping and stuff fusion are wired correctly."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from finetune.data.collate import PanopticCollator
 from finetune.data.dataset import PanopticTrainingDataset, category_to_label_map
 from finetune.data.loading import build_image_processor
 from finetune.data.transforms import build_eval_transforms
-from finetune.evaluation_loop import EvalContext, evaluate, shard_for_process
+from finetune.evaluation.loop import EvalContext, evaluate, shard_for_process
 from tests.train_runs import REPO_ROOT, SAMPLE_EXPORTS, sample_export_args
 
 

@@ -155,11 +155,11 @@ CATEGORIES = [  # the dataset categories in label order (ids with gaps, hand-pic
 
 
 def save_final_folder(path: Path, categories: list[dict] = CATEGORIES, **eval_settings) -> Path:
-    """A tiny checkpoint written by `finetune.export.save_model_folder`, as training writes `final/`."""
+    """A tiny checkpoint written by `finetune.training.export.save_model_folder`, as training writes `final/`."""
     from transformers import DetrForSegmentation, DetrImageProcessor
 
     from finetune.config import TrainingConfig
-    from finetune.export import save_model_folder
+    from finetune.training.export import save_model_folder
 
     source = save_tiny_checkpoint(path.parent / f"{path.name}-source")
     config = TrainingConfig()

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from types import SimpleNamespace
 
-from finetune.metrics_log import MetricsLogger
+from finetune.training.metrics_log import MetricsLogger
 
 
 def _accelerator(is_main_process: bool = True) -> SimpleNamespace:
@@ -45,7 +45,7 @@ def test_truncate_after_survives_a_line_cut_off_by_a_crash(tmp_path, caplog):
     path = tmp_path / "metrics.jsonl"
     _write_log(path, [5, 10, 15], tail='{"type": "train", "stage": "detection", "st')
     metrics = MetricsLogger(_accelerator(), path)
-    with caplog.at_level(logging.WARNING, logger="finetune.metrics_log"):
+    with caplog.at_level(logging.WARNING, logger="finetune.training.metrics_log"):
         metrics.truncate_after(10)
     assert [r["step"] for r in _records(path)] == [5, 10]
     assert f"{path}:4" in caplog.text and "unreadable" in caplog.text

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import DetrForSegmentation
 
-from finetune.modeling import (
+from finetune.modeling.loading import (
     CLASS_HEAD_KEYS,
     QUICKSTART_CONFIG,
     ModelUnavailableError,
@@ -83,7 +83,7 @@ def test_map_class_head_rows():
 def test_warm_start_from_checkpoint(pretrained_dir, caplog):
     pretrained = DetrForSegmentation.from_pretrained(pretrained_dir)
     torch.manual_seed(0)
-    with caplog.at_level(logging.INFO, logger="finetune.modeling"):
+    with caplog.at_level(logging.INFO, logger="finetune.modeling.loading"):
         model = load_model(str(pretrained_dir), CATEGORIES, class_map=CLASS_MAP)
 
     assert isinstance(model, DetrForSegmentation)

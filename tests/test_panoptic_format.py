@@ -83,8 +83,8 @@ def test_module_import_leaves_scipy_for_segment_stats():
         "import sys\n"
         "from dataset_scripts import panoptic_format\n"
         "assert 'scipy' not in sys.modules, 'scipy imported with panoptic_format'\n"
-        "import finetune.panoptic_quality\n"
-        "assert 'scipy' not in sys.modules, 'scipy imported with finetune.panoptic_quality'\n"
+        "import finetune.evaluation.panoptic_quality\n"
+        "assert 'scipy' not in sys.modules, 'scipy imported with finetune.evaluation.panoptic_quality'\n"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

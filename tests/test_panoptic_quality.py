@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from dataset_scripts.panoptic_format import read_panoptic_png, segment_stats, write_panoptic_png
-from finetune.panoptic_quality import (
+from finetune.evaluation.panoptic_quality import (
     PanopticEvaluationError,
     PQAccumulator,
     evaluate_folders,
@@ -226,7 +226,7 @@ def test_cli_runs_as_module(random_dataset, tmp_path, repo_root):
         [
             sys.executable,
             "-m",
-            "finetune.panoptic_quality",
+            "finetune.evaluation.panoptic_quality",
             "--gt-json",
             str(gt_json),
             "--pred-json",

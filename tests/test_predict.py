@@ -87,8 +87,8 @@ def test_globs_and_duplicate_stems(tmp_path):
 
 
 def test_predictions_score_pq_1_against_matching_ground_truth(checkpoint, images, tmp_path, handmade):
-    """The JSON + PNGs are what finetune.panoptic_quality reads; ids come from --gt-json."""
-    from finetune.panoptic_quality import evaluate_folders
+    """The JSON + PNGs are what finetune.evaluation.panoptic_quality reads; ids come from --gt-json."""
+    from finetune.evaluation.panoptic_quality import evaluate_folders
 
     gt_dir = tmp_path / "gt"
     ids = np.zeros((64, 96), dtype=np.int64)

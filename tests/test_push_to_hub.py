@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from huggingface_hub import ModelCard
 
-import push_to_hub
-from push_to_hub import HubUploadError, ModelFolderError, push_model_dir
+from finetune.hub import cli as push_cli
+from finetune.hub import push as push_to_hub
+from finetune.hub.push import HubUploadError, ModelFolderError, push_model_dir
 from tests.hub_recorder import RecordingApi
 from tests.tiny_checkpoints import LABELS, STUFF, save_tiny_checkpoint
 
@@ -60,7 +61,7 @@ def model_dir(trained, tmp_path) -> Path:
 def test_dry_run_writes_exactly_the_upload_folder(trained, tmp_path):
     out = tmp_path / "dry"
     assert (
-        push_to_hub.main(["--model-dir", str(trained), "--repo-id", "me/detr-site", "--dry-run", str(out)])
+        push_cli.main(["--model-dir", str(trained), "--repo-id", "me/detr-site", "--dry-run", str(out)])
         == 0
     )
     assert {p.name for p in out.iterdir()} == UPLOADED  # optimizer.pt left out
@@ -143,7 +144,7 @@ def test_invalid_folder_is_a_clear_error_and_nothing_is_uploaded(model_dir, tmp_
         push_model_dir(model_dir, "me/x", api=recorder)
     assert recorder.calls == []
     out = tmp_path / "dry"
-    assert push_to_hub.main(["--model-dir", str(model_dir), "--repo-id", "me/x", "--dry-run", str(out)]) == 1
+    assert push_cli.main(["--model-dir", str(model_dir), "--repo-id", "me/x", "--dry-run", str(out)]) == 1
     assert not out.exists()
 
 
@@ -211,7 +212,7 @@ def test_network_and_auth_failures_are_clear_errors(trained, error, message, mon
         push_model_dir(trained, "me/x", api=RecordingApi(fail_with=error()))
     monkeypatch.setattr(push_to_hub, "HfApi", lambda: RecordingApi(fail_with=error()))
     monkeypatch.setattr(push_to_hub, "get_token", lambda: secret)
-    assert push_to_hub.main(["--model-dir", str(trained), "--repo-id", "me/x"]) == 2
+    assert push_cli.main(["--model-dir", str(trained), "--repo-id", "me/x"]) == 2
     captured = capsys.readouterr()
     assert secret not in captured.out + captured.err + caplog.text
 

@@ -16,7 +16,7 @@ from dataset_scripts.conversion_report import (
     UNSUPPORTED,
     group_by_code,
 )
-from dataset_scripts.cvat_records import Shape
+from dataset_scripts.cvat.records import Shape
 from dataset_scripts.panoptic_format import segment_stats
 from dataset_scripts.rasterize import CategoryRef, rasterize_image, shape_patch
 

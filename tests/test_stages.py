@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import DetrForSegmentation
 
-from finetune.stages import (
+from finetune.modeling.stages import (
     STAGES,
     compute_stage_loss,
     freeze_for_stage,

@@ -15,7 +15,7 @@ from dataset_scripts.panoptic_builder import build_hf_dataset, load_categories
 from finetune.data.collate import PanopticCollator
 from finetune.data.dataset import PanopticTrainingDataset, category_to_label_map
 from finetune.data.transforms import build_eval_transforms
-from finetune.evaluation_loop import EvalContext, evaluate
+from finetune.evaluation.loop import EvalContext, evaluate
 from tests.train_runs import BIN, CI_CONFIG, TRAIN, read_jsonl, run_training, sample_export_args
 
 pytestmark = pytest.mark.slow

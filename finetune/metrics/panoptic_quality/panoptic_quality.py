@@ -1,20 +1,17 @@
 """Panoptic quality (PQ / SQ / RQ) as a Hugging Face `evaluate` metric.
 
 Load it from this folder: ``evaluate.load("finetune/metrics/panoptic_quality")``. The numbers are
-those of panopticapi's ``pq_compute``; the computation is the repo's ``finetune.panoptic_quality``
+those of panopticapi's ``pq_compute``; the computation is the repo's ``finetune.evaluation.panoptic_quality``
 (see README.md next to this file).
 
-evaluate copies this file into its module cache and scans its top-level import lines for
-libraries to check, so: one import per line, and the repo's own package is imported inside a
-function (after locating the repo) rather than at the top.
+evaluate copies this file into its module cache and checks that every library imported at the
+top is installed: `finetune` is, once the project is (``pip install -e .``).
 """
-
-import json
-import sys
-from pathlib import Path
 
 import datasets
 import evaluate
+
+from finetune.evaluation import panoptic_quality as core
 
 _DESCRIPTION = """
 Panoptic quality (Kirillov et al., 2019) with the semantics of panopticapi's pq_compute: segments of
@@ -53,37 +50,6 @@ _CITATION = """
 """
 
 
-def _repo_root_candidates():
-    """Where the repo may be: this file's own place, then the original path evaluate recorded."""
-    here = Path(__file__).resolve()
-    yield here.parents[3]  # <repo>/finetune/metrics/panoptic_quality/panoptic_quality.py
-    meta = here.with_suffix(".json")  # written by evaluate next to its cached copy
-    if meta.is_file():
-        original = json.loads(meta.read_text(encoding="utf-8")).get("original file path")
-        if original:
-            yield Path(original).resolve().parents[3]
-
-
-def _load_core():
-    """Import ``finetune.panoptic_quality``, adding the repo root to ``sys.path`` when needed."""
-    try:
-        from finetune import panoptic_quality
-
-        return panoptic_quality
-    except ImportError:
-        pass
-    for root in _repo_root_candidates():
-        if (root / "finetune" / "panoptic_quality.py").is_file():
-            sys.path.insert(0, str(root))
-            from finetune import panoptic_quality
-
-            return panoptic_quality
-    raise ImportError(
-        "the panoptic_quality metric needs the detr-panoptic repo's `finetune` package: run from the repo "
-        "root or add it to PYTHONPATH"
-    )
-
-
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class PanopticQuality(evaluate.Metric):
     """PQ / SQ / RQ over segment-id maps (panopticapi semantics)."""
@@ -115,7 +81,6 @@ class PanopticQuality(evaluate.Metric):
     def _compute(self, predictions, references, prediction_segments, reference_segments, categories=None):
         if categories is None:
             raise ValueError("pass categories=[{'id', 'name', 'isthing'}, ...] to compute()")
-        core = _load_core()
         accumulator = core.PQAccumulator(categories)
         for index, (pred, ref, pred_segs, ref_segs) in enumerate(
             zip(predictions, references, prediction_segments, reference_segments, strict=True)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dataset_scripts.cvat_records import ConversionError, Export, ImageRecord, Shape
+from dataset_scripts.cvat.records import ConversionError, Export, ImageRecord, Shape
 
 _SKIPPED_ELEMENTS = {"attribute"}
 

@@ -7,7 +7,7 @@ One vectorised core scores one image; three ways in use it:
 * the ``evaluate`` metric module in ``finetune/metrics/panoptic_quality``.
 * the CLI on COCO-panoptic folders written by any tool::
 
-    python -m finetune.panoptic_quality --gt-json G.json --gt-folder G/ --pred-json P.json --pred-folder P/
+    python -m finetune.evaluation.panoptic_quality --gt-json G.json --gt-folder G/ --pred-json P.json --pred-folder P/
 
 Semantics (those of panopticapi, ``panopticapi/evaluation.py``):
 
@@ -702,7 +702,7 @@ def results_to_json(results: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m finetune.panoptic_quality",
+        prog="python -m finetune.evaluation.panoptic_quality",
         description="Panoptic quality of COCO-panoptic predictions (panopticapi semantics, faster).",
     )
     parser.add_argument("--gt-json", required=True, help="ground-truth panoptic JSON")

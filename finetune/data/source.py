@@ -25,7 +25,7 @@ from dataset_scripts.panoptic_builder import build_hf_dataset, load_categories
 from finetune.config import DataConfig
 
 logger = get_logger(__name__)
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]  # the repo holding sample_data/
 
 
 class DatasetSourceError(ValueError):

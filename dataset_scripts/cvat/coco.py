@@ -19,7 +19,7 @@ from numbers import Real
 from pathlib import Path
 from typing import Any
 
-from dataset_scripts.cvat_records import ConversionError, Export, ImageRecord, Shape
+from dataset_scripts.cvat.records import ConversionError, Export, ImageRecord, Shape
 from dataset_scripts.panoptic_format import PanopticFormatError, load_json
 
 

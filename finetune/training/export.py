@@ -21,7 +21,7 @@ import torch
 from dataset_scripts.atomic_io import atomic_directory, atomic_write_json
 from dataset_scripts.preview import palette_color
 from finetune.config import TrainingConfig
-from finetune.modeling import label_space
+from finetune.modeling.loading import label_space
 
 RESULTS_FILE = "all_results.json"
 CONFIG_FILE = "training_config.yaml"

@@ -24,11 +24,11 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from tqdm.auto import tqdm
 
-from finetune.checkpointing import TrainerState, save_checkpoint
 from finetune.config import StageConfig, TrainingConfig
-from finetune.evaluation_loop import EvalContext, evaluate
-from finetune.metrics_log import MetricsLogger
-from finetune.stages import compute_stage_loss, param_groups
+from finetune.evaluation.loop import EvalContext, evaluate
+from finetune.modeling.stages import compute_stage_loss, param_groups
+from finetune.training.checkpointing import TrainerState, save_checkpoint
+from finetune.training.metrics_log import MetricsLogger
 
 logger = get_logger(__name__)
 

@@ -23,10 +23,10 @@ from accelerate.utils import gather_object, send_to_device
 from torch.utils.data import Subset
 
 from dataset_scripts.panoptic_format import rgb2id
-from finetune.box_map import BoxMapAccumulator
 from finetune.config import DEFAULT_MASK_THRESHOLD, DEFAULT_OVERLAP_MASK_AREA_THRESHOLD, DEFAULT_THRESHOLD
+from finetune.evaluation.box_map import BoxMapAccumulator
+from finetune.evaluation.panoptic_quality import PQAccumulator
 from finetune.inference import label_to_category
-from finetune.panoptic_quality import PQAccumulator
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""Scoring: panoptic quality (panopticapi-exact), box mAP (pycocotools), the evaluation loop of training."""

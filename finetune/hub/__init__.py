@@ -1,0 +1,1 @@
+"""Sharing on the Hugging Face Hub: folder checks, the model card, the upload."""
