@@ -57,11 +57,10 @@ def shape_elements(task_shape: TaskShape, height: int, width: int, group_id: int
         One element, or one ``<polygon>`` per part of a multi-part polygon.
     """
     shape, z_order = task_shape.shape, str(task_shape.z_order)
-    mask = polygon_mask(shape.polygons, height, width)
     if task_shape.encoding in ("rle", "rle_string"):
-        return [_mask_element(task_shape, mask)]
+        return [_mask_element(task_shape, polygon_mask(shape.polygons, height, width))]
     if task_shape.encoding == "box":
-        ys, xs = np.nonzero(mask)
+        ys, xs = np.nonzero(polygon_mask(shape.polygons, height, width))
         corners = {"xtl": xs.min(), "ytl": ys.min(), "xbr": xs.max() + 1, "ybr": ys.max() + 1}
         attrs = {k: f"{float(v):.2f}" for k, v in corners.items()}
         return [ET.Element("box", {**_common(task_shape), **attrs, "z_order": z_order})]
@@ -107,7 +106,8 @@ def cvat_xml_document(task_name: str, category_names: Sequence[str], images: Seq
         }
         element = ET.SubElement(root, "image", attrs)
         for task_shape in image.shapes:
-            group_id += len(task_shape.shape.polygons) > 1 and task_shape.encoding == "polygon"
+            if task_shape.encoding == "polygon" and len(task_shape.shape.polygons) > 1:
+                group_id += 1
             element.extend(shape_elements(task_shape, image.height, image.width, group_id))
     ET.indent(root, space="  ")
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
