@@ -71,7 +71,10 @@ def panoptic_outputs(out: Path) -> dict[str, tuple[dict, dict[str, np.ndarray]]]
 
 def test_urban_scene_xml_and_coco_exports_give_identical_output(shared_data, tmp_path):
     """One CVAT task exported as XML 1.1 and as COCO 1.0: brush masks (CVAT RLE vs COCO RLE, all
-    iscrowd=1), box-only signs, image tags, overlapping masks; 15 of 20 pictures missing."""
+    iscrowd=1), box-only signs, image tags, overlapping masks; 15 of 20 pictures missing.
+
+    This real task has no polygons; `tests/test_xml_coco_pair.py` checks the same identity on a
+    synthetic task with polygons, brush masks, z-order and boxes, and always runs."""
     urban = shared_data / "cvat_urban_scene"
     images = urban / "images" / "raw"
     xml = xml_layout(tmp_path / "xml", urban / "at_73e122a" / "annotations.xml", images)

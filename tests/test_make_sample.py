@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -11,13 +12,11 @@ from PIL import Image, ImageOps
 from pycocotools import mask as mask_utils
 
 from dataset_scripts import make_sample
-from dataset_scripts.make_sample import (
-    EXIF_ORIENTATION_TAG,
-    SHARED_FILE_NAME,
-    SceneOptions,
-    render_scene,
-    uncompressed_rle,
-)
+from dataset_scripts.cvat.xml import decode_cvat_rle, read_cvat_xml
+from dataset_scripts.sample.jpeg import EXIF_ORIENTATION_TAG
+from dataset_scripts.sample.plans import SHARED_FILE_NAME
+from dataset_scripts.sample.rle import cvat_mask_rle, uncompressed_rle
+from dataset_scripts.sample.scene import SceneOptions, render_scene
 
 EXPORTS = ("cvat_task_materials", "cvat_task_machines")
 
@@ -51,6 +50,14 @@ def test_bundled_sample_is_deterministic(sample_dir, tmp_path):
     again = tmp_path / "again"
     assert make_sample.main(["--out", str(again)]) == 0
     assert _files(again) == _files(sample_dir)
+
+
+def test_bundled_sample_matches_the_committed_sample_data(sample_dir, repo_root):
+    """The repository's ``sample_data/`` is what the generator writes (regenerate both together)."""
+    committed = repo_root / "sample_data"
+    if not (committed / "README.md").is_file():
+        pytest.skip("sample_data/ is not in this checkout")
+    assert _files(committed) == _files(sample_dir)
 
 
 def test_render_scene_depends_on_seed_only():
@@ -150,6 +157,18 @@ def test_uncompressed_rle_matches_pycocotools():
         assert (rle["counts"][0] == 0) == bool(first)
         decoded = mask_utils.decode(mask_utils.frPyObjects(rle, 7, 5)).astype(bool)
         assert np.array_equal(decoded, mask)
+
+
+def test_cvat_mask_rle_round_trips_through_the_xml_reader_decoder():
+    rng = np.random.default_rng(1)
+    for first in (0, 1):
+        mask = rng.random((6, 9)) < 0.5
+        mask[0, 0] = bool(first)
+        runs = cvat_mask_rle(mask)
+        assert (runs[0] == 0) == bool(first) and sum(runs) == mask.size
+        assert np.array_equal(decode_cvat_rle(runs, 9, 6), mask)
+    # Row-major (CVAT) and column-major (COCO) runs differ on a non-symmetric mask.
+    assert cvat_mask_rle(mask) != uncompressed_rle(mask)["counts"]
 
 
 def test_exif_rotated_image_is_upright_after_transpose(sample_dir):
@@ -268,7 +287,39 @@ def test_synthetic_mode(tmp_path):
     with pytest.raises(SystemExit):
         make_sample.main(["--out", str(tmp_path / "x"), "--size", "12"])
     assert make_sample.main(["--out", str(tmp_path / "x"), "--num-images", "2", "--things", "crane"]) == 2
+    assert make_sample.main(["--out", str(tmp_path / "x"), "--format", "xml"]) == 2  # bundled: COCO only
     assert not (tmp_path / "x").exists()
+
+
+def test_synthetic_mode_xml_format(tmp_path):
+    """``--format xml`` writes the same task as CVAT for images 1.1: same images, same shapes."""
+    argv = ["--num-images", "3", "--exports", "1", "--size", "96x64", "--seed", "5", "--things", "excavator"]
+    assert make_sample.main(["--out", str(tmp_path / "coco"), *argv]) == 0
+    assert make_sample.main(["--out", str(tmp_path / "xml"), *argv, "--format", "xml"]) == 0
+    (coco,) = [
+        json.loads(p.read_text()) for p in (tmp_path / "coco").glob("*/annotations/instances_default.json")
+    ]
+    (xml_path,) = (tmp_path / "xml").glob("*/annotations.xml")
+    export = read_cvat_xml(xml_path)
+    assert export.labels == [c["name"] for c in coco["categories"]]
+    assert [im.file_name for im in export.images] == [im["file_name"] for im in coco["images"]]
+    for image in export.images:
+        assert (xml_path.parent / "images" / image.file_name).is_file()
+    parts = sum(len(a["segmentation"]) for a in coco["annotations"])
+    assert sum(len(im.shapes) for im in export.images) == parts  # one <polygon> per part
+    # The excavator's parts share a group: one group per excavator, none on the stuff bands.
+    root = ET.parse(xml_path).getroot()
+    groups = [int(p.get("group_id")) for p in root.iter("polygon") if p.get("label") == "excavator"]
+    excavators = sum(len(a["segmentation"]) > 1 for a in coco["annotations"])
+    assert excavators >= 3 and len(set(groups)) == excavators and len(groups) == 3 * excavators
+    assert all(p.get("group_id") is None for p in root.iter("polygon") if p.get("label") != "excavator")
+
+
+def test_make_sample_keeps_the_names_bench_learning_imports():
+    from dataset_scripts.make_sample import STUFF_LABELS, synthetic_plans, write_dataset
+
+    assert STUFF_LABELS == ("floor", "wall", "sky", "ground")
+    assert callable(synthetic_plans) and callable(write_dataset)
 
 
 def test_synthetic_mode_thing_subset(tmp_path):
