@@ -39,10 +39,11 @@ from PIL import Image
 from transformers import DetrConfig, DetrForSegmentation, DetrImageProcessor
 
 from dataset_scripts.panoptic_format import segment_stats, write_panoptic_png
+from finetune.config import STAGE_NAMES
 from finetune.data.collate import PanopticCollator
 from finetune.data.targets import panoptic_to_target
 from finetune.modeling.loading import TINY_DETR_ARCHITECTURE
-from finetune.modeling.stages import STAGES, compute_stage_loss, param_groups
+from finetune.modeling.stages import compute_stage_loss, param_groups
 
 logger = logging.getLogger("train_speed")
 
@@ -202,7 +203,7 @@ def bench_config(name: str, args: argparse.Namespace, size: tuple[int, int]) -> 
     initial = DetrForSegmentation(model_config(name))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for stage in STAGES:
+        for stage in STAGE_NAMES:
             steps_by_path = {
                 "ours": ours_step(copy.deepcopy(initial), stage, scenes, batch_size),
                 "naive": naive_step(copy.deepcopy(initial), stage, scenes, batch_size, Path(tmp), size),
