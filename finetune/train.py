@@ -352,11 +352,11 @@ USER_ERRORS = (
 
 def train(config: TrainingConfig, accelerator: Accelerator) -> dict[str, Any]:
     """setup (output folder, resume point, trackers) -> build -> fit -> save (+ push); returns the final metrics."""
-    output_dir = prepare_output_dir(config, accelerator)
-    set_seed(config.run.seed)
     resume = None
     if config.run.resume_from_checkpoint:  # checked before anything is written
-        resume = resolve_checkpoint(config.run.resume_from_checkpoint, output_dir)
+        resume = resolve_checkpoint(config.run.resume_from_checkpoint, config.run.output_dir)
+    output_dir = prepare_output_dir(config, accelerator)
+    set_seed(config.run.seed)
     if config.logging.report_to:
         accelerator.init_trackers(config.logging.project_name, config=tracker_config(config))
     parts = build_run(config, accelerator, output_dir)
