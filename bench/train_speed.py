@@ -29,7 +29,7 @@ alternating order (ABBA), so that a load change on the shared machine hits them 
 
 Measured on the shared 2-core dev machine (load average ~5), ours/tutorial:
 
-    python bench/train_speed.py --configs tiny --threads 1                                   (1.1 CPU-min)
+    python bench/train_speed.py --configs tiny --threads 1                                   (1.3 CPU-min)
         detection 0.97x, masks 1.17x, skip-masks 2.01x   (480x640, batch 2, 6 steps)
     python bench/train_speed.py --configs r50 --threads 1 --size 240x320 --steps 4 --warmup 2  (1.7 CPU-min)
         detection 0.92x, masks 8.69x, skip-masks 7.18x   (batch 1; r50 masks: 0.94 s vs 8.20 s per step)
@@ -64,7 +64,7 @@ from finetune.modeling.stages import compute_stage_loss, param_groups
 
 logger = logging.getLogger("train_speed")
 
-# label = category id (the naive processor copies category_id into class_labels)
+# label = category id (the tutorial path's processor copies category_id into class_labels)
 CATEGORIES = [("excavator", True), ("pipe", True), ("person", True), ("floor", False), ("wall", False)]
 THING_LABELS = [i for i, (_, isthing) in enumerate(CATEGORIES) if isthing]
 FLOOR, WALL = 3, 4
