@@ -27,8 +27,9 @@ convert-sample: install
 		--val-ratio 0.25 --seed 0 --preview 4 --overwrite --out $(OUT)/sample_panoptic
 
 # Trains on the folder convert-sample wrote (same split as its report and previews).
+# `-q`: a failing run ends on its one-line error, without accelerate's CalledProcessError traceback.
 train-quickstart: convert-sample
-	HF_HUB_OFFLINE=1 $(VENV)/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+	HF_HUB_OFFLINE=1 $(VENV)/bin/accelerate launch -q --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
 		finetune/train.py --config finetune/configs/quickstart.yaml \
 		--dataset_dir $(OUT)/sample_panoptic --output_dir $(OUT)/quickstart
 

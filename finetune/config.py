@@ -24,6 +24,7 @@ understands flat dataclasses); the result is assembled back into the tree and va
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 import types
@@ -260,6 +261,7 @@ class TrainingConfig:
             raise ConfigError(
                 "model.config_overrides must describe the DetrConfig when model_name_or_path is null"
             )
+        check_config_overrides(self.model.config_overrides)
         if self.run.mixed_precision not in MIXED_PRECISION_CHOICES:
             raise ConfigError(
                 f"run.mixed_precision must be one of {list(MIXED_PRECISION_CHOICES)}, got {self.run.mixed_precision!r}"
@@ -288,6 +290,34 @@ class TrainingConfig:
 
 
 # --------------------------------------------------------------------------------------------- type checks
+
+# `DetrConfig` keywords that are not fields: those it reads to build its backbone config, and `num_labels`
+# (a property; `finetune.modeling.loading.load_model` refuses it with its own message).
+_DETR_KEYWORDS = ("backbone", "use_timm_backbone", "use_pretrained_backbone", "backbone_kwargs", "num_labels")
+
+
+def check_config_overrides(overrides: dict[str, Any], key: str = "model.config_overrides") -> None:
+    """Refuse `DetrConfig` overrides that are not DetrConfig fields (a typo would otherwise be ignored).
+
+    Args:
+        overrides: the `config_overrides` mapping (DetrConfig keyword arguments).
+        key: how the message names the setting.
+
+    Raises:
+        ConfigError: naming each unknown field and its close matches (`difflib.get_close_matches`).
+    """
+    from transformers import DetrConfig  # lazily: this module stays importable without transformers/torch
+
+    known = {f.name for f in dataclasses.fields(DetrConfig)} | set(DetrConfig.attribute_map)
+    known |= set(DetrConfig().to_dict()) | set(_DETR_KEYWORDS)
+    unknown = sorted(name for name in overrides if name not in known)
+    if unknown:
+        hints = "; ".join(
+            f"{name!r} (close matches: {', '.join(difflib.get_close_matches(name, known, n=3)) or 'none'})"
+            for name in unknown
+        )
+        raise ConfigError(f"{key}: unknown DetrConfig field(s) {hints}")
+
 
 
 def _resolved_fields(section_type: type) -> list[tuple[dataclasses.Field, Any]]:
@@ -442,7 +472,3 @@ def parse_config(argv: list[str] | None = None) -> TrainingConfig:
         setattr(config, section, dataclasses.replace(getattr(config, section), **values))
     return config.validate()
 
-
-def load_training_config(path: str | Path) -> TrainingConfig:
-    """Read back a saved `training_config.yaml` (or any config file) without CLI overrides."""
-    return TrainingConfig.from_dict(load_config_file(path), source=str(path)).validate()

@@ -18,7 +18,8 @@ import logging
 import os
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,17 +44,13 @@ from finetune.data.transforms import build_eval_transforms, build_train_transfor
 from finetune.evaluation.loop import EvalContext, shard_for_process
 from finetune.hub.push import HubUploadError, ModelFolderError, push_model_dir
 from finetune.modeling.loading import (
+    ModelSetupError,
     ModelUnavailableError,
     calibrate_frozen_batchnorm,
     label_space,
     load_model,
 )
-from finetune.training.checkpointing import (
-    CheckpointError,
-    TrainerState,
-    read_trainer_state,
-    resolve_checkpoint,
-)
+from finetune.training.checkpointing import MODEL_FILE, CheckpointError, TrainerState, resolve_checkpoint
 from finetune.training.export import RESULTS_FILE, final_results, save_model_folder
 from finetune.training.loop import NonFiniteLossError, RunSession, fit_stage
 from finetune.training.metrics_log import MetricsLogger
@@ -137,6 +134,27 @@ def tracker_config(config: TrainingConfig) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ build
 
 
+@dataclass
+class RunParts:
+    """What `build_run` makes from the dataset and the configuration, before training.
+
+    Attributes:
+        model: the unwrapped `DetrForSegmentation`, labelled with the dataset's categories.
+        image_processor: the `DetrImageProcessor` saved with the model (the evaluation resize).
+        categories: the dataset categories in label order.
+        eval_split: the evaluation split (Hugging Face dataset rows).
+        session: the objects the stages share (accelerator, metrics, evaluation loader, best-model saver).
+        make_train_loader: `batch_size -> DataLoader` over the augmented training set.
+    """
+
+    model: torch.nn.Module
+    image_processor: Any
+    categories: list[dict]
+    eval_split: Any
+    session: RunSession
+    make_train_loader: Callable[[int], DataLoader]
+
+
 def build_eval_context(
     eval_split, categories: list[dict], image_processor, config: TrainingConfig
 ) -> EvalContext:
@@ -171,78 +189,8 @@ def build_datasets(train_split, eval_split, categories: list[dict], config: Trai
     return train, evaluation
 
 
-# ------------------------------------------------------------------------------------------------ resume
-
-
-def stages_to_run(config: TrainingConfig, resume: tuple[Path, TrainerState] | None) -> list[tuple[str, Any]]:
-    """[(stage, resume checkpoint of that stage or None)] for the stages still to train."""
-    if resume is None:
-        return [(stage, None) for stage in config.run.stages]
-    resumed_index = STAGE_NAMES.index(resume[1].stage)
-    plan = []
-    for stage in config.run.stages:
-        index = STAGE_NAMES.index(stage)
-        if index == resumed_index:
-            plan.append((stage, resume))
-        elif index > resumed_index:
-            plan.append((stage, None))
-    if not plan:
-        raise CheckpointError(
-            f"checkpoint {resume[0]} is from stage '{resume[1].stage}', after all of --stages {config.run.stages}"
-        )
-    return plan
-
-
-def load_checkpoint_weights(model: torch.nn.Module, checkpoint: Path) -> None:
-    """Weights only (a checkpoint of a stage this run does not train, e.g. `--stages masks` after detection)."""
-    model.load_state_dict(load_file(str(checkpoint / "model.safetensors")), strict=True)
-
-
-# ------------------------------------------------------------------------------------------------ finish
-
-
-def write_prediction_overlay(final_dir: Path, image, out_path: Path) -> None:
-    """The final model's panoptic prediction on one image, as a colour overlay (written atomically).
-
-    The post-processing settings are the checkpoint's (the `eval` section, saved in `final/`).
-    """
-    from finetune.inference import PanopticPredictor, render_overlay
-
-    predictor = PanopticPredictor.from_pretrained(final_dir, device="cpu")
-    (prediction,) = predictor.predict([image.convert("RGB")])
-    buffer = io.BytesIO()
-    render_overlay(image.convert("RGB"), prediction).save(buffer, format="PNG")
-    atomic_write_bytes(out_path, buffer.getvalue())
-
-
-def format_results(results: dict[str, Any]) -> str:
-    lines = [f"  {k:<12} {v:.4f}" for k, v in results.items() if isinstance(v, float)]
-    per_class = results.get("per_class_pq", {})
-    if per_class:
-        lines.append("  per-class PQ: " + ", ".join(f"{name} {pq:.3f}" for name, pq in per_class.items()))
-    return "\n".join(lines)
-
-
-def push_final(final_dir: Path, config: TrainingConfig, api: Any = None) -> str:
-    """Upload `final_dir` through `push_to_hub.py`'s checks, model card and single commit."""
-    return push_model_dir(final_dir, config.hub.hub_model_id, private=config.hub.hub_private, api=api)
-
-
-# ------------------------------------------------------------------------------------------------ main
-
-
-def train(config: TrainingConfig, accelerator: Accelerator) -> dict[str, Any]:
-    """Build everything, run the stages, save `final/`; returns the final metrics."""
-    output_dir = prepare_output_dir(config, accelerator)
-    set_seed(config.run.seed)
-    resume = None
-    if config.run.resume_from_checkpoint:
-        path = resolve_checkpoint(config.run.resume_from_checkpoint, output_dir)
-        resume = (path, read_trainer_state(path))
-    if config.logging.report_to:
-        accelerator.init_trackers(config.logging.project_name, config=tracker_config(config))
-
-    # build: dataset, model, processor, loaders
+def build_run(config: TrainingConfig, accelerator: Accelerator, output_dir: Path) -> RunParts:
+    """Dataset splits, model, image processor, loaders and the shared run session."""
     train_split, eval_split, categories = load_dataset_splits(config.data, output_dir, accelerator)
     model = load_model(
         config.model.model_name_or_path, categories, config.model.class_map, config.model.config_overrides
@@ -280,34 +228,140 @@ def train(config: TrainingConfig, accelerator: Accelerator) -> dict[str, Any]:
         eval_context=build_eval_context(eval_split, categories, image_processor, config),
         save_best=save_best,
     )
+    return RunParts(model, image_processor, categories, eval_split, session, make_train_loader)
+
+
+# ------------------------------------------------------------------------------------------------ fit
+
+
+def stages_to_run(config: TrainingConfig, resume: tuple[Path, TrainerState] | None) -> list[tuple[str, Any]]:
+    """[(stage, resume checkpoint of that stage or None)] for the stages still to train."""
+    if resume is None:
+        return [(stage, None) for stage in config.run.stages]
+    resumed_index = STAGE_NAMES.index(resume[1].stage)
+    plan = []
+    for stage in config.run.stages:
+        index = STAGE_NAMES.index(stage)
+        if index == resumed_index:
+            plan.append((stage, resume))
+        elif index > resumed_index:
+            plan.append((stage, None))
+    if not plan:
+        raise CheckpointError(
+            f"checkpoint {resume[0]} is from stage '{resume[1].stage}', after all of --stages {config.run.stages}"
+        )
+    return plan
+
+
+def load_checkpoint_weights(model: torch.nn.Module, checkpoint: Path) -> None:
+    """Weights only (a checkpoint of a stage this run does not train, e.g. `--stages masks` after detection)."""
+    model.load_state_dict(load_file(str(checkpoint / MODEL_FILE)), strict=True)
+
+
+def fit(parts: RunParts, config: TrainingConfig, resume: tuple[Path, TrainerState] | None) -> torch.nn.Module:
+    """Train the stages still to run (continuing `resume`); returns the unwrapped model."""
+    session, model = parts.session, parts.model
     plan = stages_to_run(config, resume)
     if resume is not None:
         session.metrics.truncate_after(resume[1].global_step)
         if all(stage_resume is None for _, stage_resume in plan):
             load_checkpoint_weights(model, resume[0])
             session.global_step = resume[1].global_step
-
-    # fit
     for stage, stage_resume in plan:
-        model = fit_stage(session, model, stage, config.stage(stage), make_train_loader, resume=stage_resume)
+        model = fit_stage(
+            session, model, stage, config.stage(stage), parts.make_train_loader, resume=stage_resume
+        )
+    return model
 
-    # save
-    results = final_results(session.last_eval)
+
+# ------------------------------------------------------------------------------------------------ save
+
+
+def write_prediction_overlay(final_dir: Path, image, out_path: Path) -> None:
+    """The final model's panoptic prediction on one image, as a colour overlay (written atomically).
+
+    The post-processing settings are the checkpoint's (the `eval` section, saved in `final/`).
+    """
+    from finetune.inference import PanopticPredictor, render_overlay
+
+    predictor = PanopticPredictor.from_pretrained(final_dir, device="cpu")
+    (prediction,) = predictor.predict([image.convert("RGB")])
+    buffer = io.BytesIO()
+    render_overlay(image.convert("RGB"), prediction).save(buffer, format="PNG")
+    atomic_write_bytes(out_path, buffer.getvalue())
+
+
+def format_results(results: dict[str, Any]) -> str:
+    lines = [f"  {k:<12} {v:.4f}" for k, v in results.items() if isinstance(v, float)]
+    per_class = results.get("per_class_pq", {})
+    if per_class:
+        lines.append("  per-class PQ: " + ", ".join(f"{name} {pq:.3f}" for name, pq in per_class.items()))
+    return "\n".join(lines)
+
+
+def push_final(final_dir: Path, config: TrainingConfig, api: Any = None) -> str:
+    """Upload `final_dir` through `push_to_hub.py`'s checks, model card and single commit."""
+    return push_model_dir(final_dir, config.hub.hub_model_id, private=config.hub.hub_private, api=api)
+
+
+def save_final(
+    parts: RunParts, model: torch.nn.Module, config: TrainingConfig, output_dir: Path
+) -> dict[str, Any]:
+    """Write `final/` and the prediction overlay, push if asked (main process); returns the final metrics."""
+    accelerator = parts.session.accelerator
+    results = final_results(parts.session.last_eval)
     final_dir = output_dir / "final"
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         save_model_folder(
-            accelerator.unwrap_model(model), image_processor, final_dir, config, categories, results
+            accelerator.unwrap_model(model),
+            parts.image_processor,
+            final_dir,
+            config,
+            parts.categories,
+            results,
         )
         logger.info(
             f"final model saved to {final_dir}; metrics ({final_dir / RESULTS_FILE}):\n{format_results(results)}"
         )
+        eval_split = parts.eval_split
         if len(eval_split):
             write_prediction_overlay(final_dir, eval_split[0]["image"], output_dir / OVERLAY_FILE)
             logger.info(f"prediction overlay of {eval_split[0]['file_name']}: {output_dir / OVERLAY_FILE}")
         if config.hub.push_to_hub:
             push_final(final_dir, config)
     accelerator.wait_for_everyone()
+    return results
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+# User errors: logged as one line (no traceback), exit status 1.
+USER_ERRORS = (
+    ModelUnavailableError,
+    ModelSetupError,
+    NonFiniteLossError,
+    CheckpointError,
+    DatasetSourceError,
+    ConversionError,
+    PanopticFormatError,
+    HubUploadError,
+    ModelFolderError,
+)
+
+
+def train(config: TrainingConfig, accelerator: Accelerator) -> dict[str, Any]:
+    """setup (output folder, resume point, trackers) -> build -> fit -> save (+ push); returns the final metrics."""
+    resume = None
+    if config.run.resume_from_checkpoint:  # checked before anything is written
+        resume = resolve_checkpoint(config.run.resume_from_checkpoint, config.run.output_dir)
+    output_dir = prepare_output_dir(config, accelerator)
+    set_seed(config.run.seed)
+    if config.logging.report_to:
+        accelerator.init_trackers(config.logging.project_name, config=tracker_config(config))
+    parts = build_run(config, accelerator, output_dir)
+    model = fit(parts, config, resume)
+    results = save_final(parts, model, config, output_dir)
     accelerator.end_training()
     return results
 
@@ -324,16 +378,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(accelerator)
     try:
         train(config, accelerator)
-    except (
-        ModelUnavailableError,
-        NonFiniteLossError,
-        CheckpointError,
-        DatasetSourceError,
-        ConversionError,
-        PanopticFormatError,
-        HubUploadError,
-        ModelFolderError,
-    ) as err:
+    except USER_ERRORS as err:
         logger.error(f"{type(err).__name__}: {err}", main_process_only=False)
         return 1
     return 0

@@ -68,3 +68,20 @@ def network_attempts(monkeypatch) -> list[tuple]:
     monkeypatch.setattr(socket, "create_connection", refuse("create_connection"))
     monkeypatch.setattr(socket, "getaddrinfo", refuse("getaddrinfo"))
     return attempts
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """For `finetune.train.main`/`train` run in the test process: no accelerate state before or after, one thread.
+
+    One thread, as the training subprocesses run (OMP_NUM_THREADS=1), so that weights compare exactly.
+    """
+    import torch
+    from accelerate.state import AcceleratorState
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    torch.set_num_threads(threads)

@@ -12,7 +12,6 @@ from finetune.config import (
     ConfigError,
     TrainingConfig,
     load_config_file,
-    load_training_config,
     parse_config,
 )
 
@@ -151,11 +150,27 @@ def test_round_trip_through_training_config_yaml(tmp_path):
         ]
     )
     config.save(tmp_path / "training_config.yaml")
-    again = load_training_config(tmp_path / "training_config.yaml")
-    assert again == config
     assert load_config_file(tmp_path / "training_config.yaml") == config.to_dict()
-    # A saved config is a valid --config file too.
+    # A saved config is a valid --config file, giving back the same configuration.
     assert parse_config(["--config", str(tmp_path / "training_config.yaml")]) == config
+
+
+def test_unknown_detr_config_field_is_an_error_with_close_matches(tmp_path):
+    path = write_yaml(
+        tmp_path,
+        {"model": {"model_name_or_path": None, "config_overrides": {"d_modle": 64, "bogus_detr_field": 3}}},
+    )
+    with pytest.raises(ConfigError) as caught:
+        parse_config(["--config", str(path)])
+    message = str(caught.value)
+    assert "model.config_overrides: unknown DetrConfig field(s)" in message
+    assert "'bogus_detr_field' (close matches: none)" in message
+    assert "'d_modle' (close matches: d_model" in message
+    assert "\n" not in message
+    # Backbone keywords and attribute_map aliases are DetrConfig settings too.
+    overrides = {"backbone": "resnet18", "use_timm_backbone": True, "hidden_size": 64, "dilation": True}
+    config = parse_config(["--config", str(path), "--config_overrides", json.dumps(overrides)])
+    assert config.model.config_overrides == overrides
 
 
 def _val_images(panoptic_dir: Path) -> list[str]:

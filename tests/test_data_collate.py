@@ -124,9 +124,17 @@ def test_batch_shapes_padding_and_normalised_boxes(hf_split):
     assert len(batch["labels"][0]["class_labels"]) == 3
 
 
-def test_equal_to_detr_image_processor(hf_split, tmp_path):
-    # Shortest edge 120 on 60 px short sides: an exact x2 upscale, so pixel boxes compare exactly.
-    size, max_size = 120, 400
+@pytest.mark.parametrize(
+    "size",
+    [
+        120,  # x2 upscale of the 60 px short sides: exact pixel boxes
+        100,  # x1.67: a non-integer upscale
+        40,  # x0.67: a downscale
+        37,  # x0.62: a non-integer downscale with rounded output sizes (55 x 37 px)
+    ],
+)
+def test_equal_to_detr_image_processor(hf_split, tmp_path, size):
+    max_size = 400
     indices = [0, 1]  # different sizes: padding differs per image
     dataset = PanopticTrainingDataset(
         hf_split, category_to_label_map(CATEGORIES), build_eval_transforms(size, max_size)
@@ -146,18 +154,22 @@ def test_equal_to_detr_image_processor(hf_split, tmp_path):
         assert torch.equal(ours["orig_size"], theirs["orig_size"])
         # Box conventions, both documented in PanopticCollator:
         # - the processor rescales normalised boxes to the padded size, we keep DETR's unpadded size;
-        # - the processor's masks_to_boxes puts x1/y1 on the last pixel's index, ours on its far edge
-        #   (one original pixel = 120/60 = 2 resized pixels here).
+        # - the processor takes the box of the original mask (x2/y2 on the last pixel's index) and scales it,
+        #   ours is the box of the resized mask with x2/y2 on the last pixel's far edge: one original pixel
+        #   (scale_x, scale_y resized pixels) further. Nearest-exact resizing moves an edge by at most half a
+        #   resized pixel, and by none at an integer scale.
         h, w = ours["size"].tolist()
+        orig_h, orig_w = ours["orig_size"].tolist()
+        scale_y, scale_x = h / orig_h, w / orig_w
         hp, wp = pixel_mask.shape
         theirs_px = theirs["boxes"] * torch.tensor([wp, hp, wp, hp])
         ours_px = ours["boxes"] * torch.tensor([w, h, w, h])
-        scale = h / ours["orig_size"][0].item()
-        assert scale == 2.0
         to_xyxy = torch.tensor([[1, 0, 1, 0], [0, 1, 0, 1], [-0.5, 0, 0.5, 0], [0, -0.5, 0, 0.5]])
-        assert torch.allclose(
-            ours_px @ to_xyxy, theirs_px @ to_xyxy + torch.tensor([0, 0, scale, scale]), atol=1e-3
-        )
+        far_edge = torch.tensor([0, 0, scale_x, scale_y])
+        tolerance = 1e-3 if scale_x == scale_y == int(scale_x) else 0.5 + 1e-3
+        assert torch.allclose(ours_px @ to_xyxy, theirs_px @ to_xyxy + far_edge, atol=tolerance)
+    if size == 120:
+        assert scale_x == scale_y == 2.0
 
 
 def test_train_dataset_keeps_targets_consistent(hf_split):

@@ -9,9 +9,12 @@ import pytest
 import torch
 from transformers import DetrForSegmentation
 
+from finetune.config import ConfigError
 from finetune.modeling.loading import (
     CLASS_HEAD_KEYS,
     QUICKSTART_CONFIG,
+    TINY_DETR_ARCHITECTURE,
+    ModelSetupError,
     ModelUnavailableError,
     calibrate_frozen_batchnorm,
     label_space,
@@ -122,8 +125,15 @@ def test_warm_start_config_overrides_apply(pretrained_dir):
     )
     assert model.config.dice_loss_coefficient == 3
     assert model.config.dropout == 0.0
-    with pytest.raises(ValueError, match="architecture"):
+    with pytest.raises(ModelSetupError, match="architecture"):
         load_model(str(pretrained_dir), CATEGORIES, config_overrides={"num_queries": 7})
+    # A layer count: tensors only one side has (was an assert, i.e. a traceback, for a user error).
+    with pytest.raises(ModelSetupError, match=r"architecture .*not in the checkpoint"):
+        load_model(str(pretrained_dir), CATEGORIES, config_overrides={"decoder_layers": 2})
+    with pytest.raises(ModelSetupError, match=r"architecture .*not in the model"):
+        load_model(str(pretrained_dir), CATEGORIES, config_overrides={"encoder_layers": 0})
+    with pytest.raises(ConfigError, match="close matches: dice_loss_coefficient"):
+        load_model(str(pretrained_dir), CATEGORIES, config_overrides={"dice_loss_coeficient": 3})
 
 
 def test_stuff_label_ids_survive_save_and_reload(tmp_path, pretrained_dir):
@@ -159,19 +169,8 @@ def test_random_init_from_config_overrides(make_tiny_detr_config):
         load_model(None, CATEGORIES, config_overrides={**overrides, "num_labels": 3})
 
 
-TINY_OVERRIDES = {
-    "backbone": "resnet18",
-    "use_timm_backbone": True,
-    "use_pretrained_backbone": False,
-    "d_model": 64,
-    "encoder_layers": 1,
-    "decoder_layers": 1,
-    "encoder_attention_heads": 8,
-    "decoder_attention_heads": 8,
-    "encoder_ffn_dim": 32,
-    "decoder_ffn_dim": 32,
-    "num_queries": 6,
-}
+# The project's tiny architecture, with smaller feed-forward layers and fewer queries (faster, same code paths).
+TINY_OVERRIDES = {**TINY_DETR_ARCHITECTURE, "encoder_ffn_dim": 32, "decoder_ffn_dim": 32, "num_queries": 6}
 
 
 def _frozen_batchnorms(model):

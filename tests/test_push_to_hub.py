@@ -239,3 +239,17 @@ def test_runs_as_a_file(repo_root):
     )
     assert proc.returncode == 0, proc.stderr
     assert "--dry-run" in proc.stdout
+
+
+def test_recorder_refuses_arguments_the_real_hfapi_does_not_take():
+    """The recorder binds each call against `HfApi`'s signature: a renamed argument cannot pass unnoticed."""
+    api = RecordingApi()
+    with pytest.raises(TypeError, match="privat"):
+        api.create_repo(repo_id="me/x", privat=True)  # a misspelt keyword
+    with pytest.raises(TypeError, match="folder_path"):
+        api.upload_folder(repo_id="me/x", folder="/tmp")  # huggingface_hub's name is folder_path
+    with pytest.raises(TypeError):
+        api.create_branch(repo_id="me/x")  # branch is required
+    assert api.calls == []
+    api.create_repo("me/x", private=True)  # positional arguments are bound by name
+    assert api.calls == [("create_repo", {"repo_id": "me/x", "private": True})]

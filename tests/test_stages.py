@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers import DetrForSegmentation
 
+from finetune.config import STAGE_NAMES
 from finetune.modeling.stages import (
-    STAGES,
     compute_stage_loss,
     freeze_for_stage,
     is_trainable,
@@ -92,7 +92,7 @@ def test_is_trainable_hf_resnet_names():
         is_trainable("mask_head.conv1.conv.weight", "boxes")
 
 
-@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("stage", STAGE_NAMES)
 def test_param_groups_hold_only_trainable_parameters(make_tiny_detr_config, stage):
     model = make_model(make_tiny_detr_config)
     groups = param_groups(model, stage, lr=1e-4, backbone_lr=1e-5, weight_decay=1e-4)
@@ -199,7 +199,7 @@ def test_detection_loss_is_detr_box_loss_with_auxiliary_terms(make_tiny_detr_con
     assert all(p.grad is None for n, p in model.named_parameters() if n.startswith(MASK_PREFIXES))
 
 
-@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("stage", STAGE_NAMES)
 @pytest.mark.parametrize("num_objects", [[0, 0], [0, 2]], ids=["all-empty", "one-empty"])
 def test_empty_targets_train(make_tiny_detr_config, stage, num_objects):
     model = make_model(make_tiny_detr_config)

@@ -16,7 +16,7 @@ from finetune.data.collate import PanopticCollator
 from finetune.data.dataset import PanopticTrainingDataset, category_to_label_map
 from finetune.data.transforms import build_eval_transforms
 from finetune.evaluation.loop import EvalContext, evaluate
-from tests.train_runs import BIN, CI_CONFIG, TRAIN, read_jsonl, run_training, sample_export_args
+from tests.train_runs import BIN, CI_CONFIG, TRAIN, free_port, read_jsonl, run_training, sample_export_args
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +28,7 @@ def test_two_process_run_is_sane_and_evaluates_like_one_process(tmp_path):
         "--nproc_per_node",
         "2",
         "--master_port",
-        "29517",
+        str(free_port()),  # from the OS: a fixed port clashes between pytest-xdist workers
         str(TRAIN),
         "--config",
         str(CI_CONFIG),

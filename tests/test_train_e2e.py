@@ -207,20 +207,33 @@ def test_default_config_offline_fails_fast_naming_quickstart(tmp_path, sample_ar
     assert not (tmp_path / "offline" / "final").exists()
 
 
-def test_push_to_hub_at_the_end_uploads_final_in_one_commit(ci_run):
-    """`--push_to_hub --hub_model_id` goes through push_to_hub.py (checks, card, one commit)."""
-    from finetune.config import load_training_config
-    from finetune.train import push_final
+def test_push_to_hub_inside_train_uploads_final_in_one_commit(
+    tmp_path, sample_args, monkeypatch, fresh_accelerate_state
+):
+    """`train()` with `--push_to_hub --hub_model_id` (in this process, tiny settings) goes through
+    `finetune.hub.push` (checks, card, one commit); the Hub client is the signature-checked recorder."""
+    from finetune import train
+    from finetune.hub import push
     from tests.hub_recorder import RecordingApi
 
-    out, _ = ci_run
-    config = load_training_config(out / "final" / "training_config.yaml")
-    config.hub.push_to_hub, config.hub.hub_model_id, config.hub.hub_private = True, "me/detr-ci", True
     api = RecordingApi()
-    push_final(out / "final", config, api=api)
-    uploads = [kwargs for name, kwargs in api.calls if name == "upload_folder"]
-    assert len(uploads) == 1
-    assert uploads[0]["repo_id"] == "me/detr-ci"
-    assert {"README.md", "model.safetensors", "config.json", "all_results.json"} <= set(uploads[0]["files"])
-    [create] = [kwargs for name, kwargs in api.calls if name == "create_repo"]
-    assert create["repo_id"] == "me/detr-ci" and create["private"] is True
+    monkeypatch.setattr(push, "HfApi", lambda: api)
+    monkeypatch.setattr(push, "get_token", lambda: "hf_test_token")
+    out = tmp_path / "push"
+    argv = [
+        "--config",
+        str(REPO_ROOT / "finetune" / "configs" / "ci.yaml"),
+        "--output_dir",
+        str(out),
+        *sample_args,
+    ]
+    tiny = ["--max_train_samples", "4", "--max_eval_samples", "1", "--detection_batch_size", "4"]
+    push_args = ["--push_to_hub", "--hub_model_id", "me/detr-ci", "--hub_private", "true"]
+    assert train.main([*argv, *tiny, "--masks_batch_size", "4", *push_args]) == 0
+
+    assert [name for name, _ in api.calls] == ["create_repo", "upload_folder"]
+    create, upload = api.calls[0][1], api.calls[1][1]
+    assert create == {"repo_id": "me/detr-ci", "repo_type": "model", "private": True, "exist_ok": True}
+    assert upload["repo_id"] == "me/detr-ci" and upload["repo_type"] == "model"
+    assert set(upload["files"]) == {*FINAL_FILES, "README.md"}
+    assert upload["commit_message"].startswith("Upload detr-ci (PQ ")

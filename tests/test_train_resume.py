@@ -1,20 +1,22 @@
-"""Checkpoints: a SIGKILLed run resumed with `--resume_from_checkpoint latest` ends with the weights of an
-uninterrupted run; a non-finite loss stops the run with a clear error and keeps the last good checkpoint."""
+"""Checkpoints: a run killed mid-epoch and resumed with `--resume_from_checkpoint latest` ends with the weights of
+an uninterrupted run; damaged checkpoints are clear one-line errors (or skipped by `latest`); a non-finite loss
+stops the run with a clear error and keeps the last good checkpoint."""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import time
+import logging
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from finetune import train
+from finetune.training.loop import KILL_AT_STEP_ENV
 from tests.train_runs import (
-    REPO_ROOT,
+    CI_CONFIG,
     accelerate_cmd,
     read_jsonl,
     run_training,
@@ -24,7 +26,7 @@ from tests.train_runs import (
 
 pytestmark = pytest.mark.slow
 
-# 2 detection epochs (2 steps each) + 1 masks epoch: the kill lands after the first checkpoint.
+# 2 detection epochs (2 steps each) + 1 masks epoch: checkpoints after steps 2, 4 and 6.
 SHAPE = ("--detection_epochs", "2", "--masks_epochs", "1", "--save_total_limit", "2")
 
 
@@ -33,62 +35,140 @@ def sample_args(tmp_path_factory):
     return sample_export_args(tmp_path_factory.mktemp("sample"))
 
 
-def _kill_after_first_checkpoint(cmd: list[str], marker, timeout: float = 240) -> None:
-    proc = subprocess.Popen(
-        cmd,
-        cwd=REPO_ROOT,
-        env=train_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + timeout
-    try:
-        while not marker.is_file():
-            if proc.poll() is not None:
-                raise AssertionError(
-                    f"run ended (rc {proc.returncode}) before {marker}:\n{proc.stderr.read()[-3000:]}"
-                )
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no checkpoint after {timeout} s")
-            time.sleep(0.2)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)  # the whole `accelerate launch` group, like an OOM kill
-        proc.wait()
-        proc.stderr.close()
-
-
-def test_killed_run_resumes_to_identical_weights(tmp_path, sample_args):
-    full, killed = tmp_path / "full", tmp_path / "killed"
-
-    done = run_training(accelerate_cmd(full, *SHAPE, *sample_args))
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, sample_args) -> Path:
+    """An uninterrupted run: checkpoints detection-epoch2 and masks-epoch1 are kept (save_total_limit 2)."""
+    out = tmp_path_factory.mktemp("full") / "run"
+    done = run_training(accelerate_cmd(out, *SHAPE, *sample_args))
     assert done.returncode == 0, done.stderr[-3000:]
+    return out
 
-    _kill_after_first_checkpoint(
-        accelerate_cmd(killed, *SHAPE, *sample_args),
-        killed / "checkpoints" / "detection-epoch1" / "trainer_state.json",
-    )
+
+def _assert_same_weights(expected_dir: Path, got_dir: Path) -> None:
+    expected = load_file(str(expected_dir / "model.safetensors"))
+    got = load_file(str(got_dir / "model.safetensors"))
+    assert expected.keys() == got.keys()
+    for name, tensor in expected.items():
+        torch.testing.assert_close(got[name], tensor, rtol=0, atol=1e-6, msg=name)
+
+
+def test_killed_run_resumes_to_identical_weights(tmp_path, full_run, sample_args):
+    killed = tmp_path / "killed"
+    # The trainer SIGKILLs itself right after step 3: mid-epoch 2, after the first checkpoint (step 2).
+    run = run_training(accelerate_cmd(killed, *SHAPE, *sample_args), env=train_env(**{KILL_AT_STEP_ENV: "3"}))
+    assert run.returncode != 0
+    assert sorted(p.name for p in (killed / "checkpoints").iterdir()) == ["detection-epoch1"]
     assert not (killed / "final").exists()
+    assert (
+        max(r["step"] for r in read_jsonl(killed / "metrics.jsonl")) == 3
+    )  # it did train past the checkpoint
     state = json.loads((killed / "checkpoints" / "detection-epoch1" / "trainer_state.json").read_text())
     assert state["stage"] == "detection" and state["epoch"] == 1 and state["global_step"] == 2
 
     resumed = run_training(accelerate_cmd(killed, *SHAPE, *sample_args, "--resume_from_checkpoint", "latest"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed stage detection after epoch 1" in resumed.stderr
-
-    expected = load_file(str(full / "final" / "model.safetensors"))
-    got = load_file(str(killed / "final" / "model.safetensors"))
-    assert expected.keys() == got.keys()
-    for name, tensor in expected.items():
-        torch.testing.assert_close(got[name], tensor, rtol=0, atol=1e-6, msg=name)
+    _assert_same_weights(full_run / "final", killed / "final")
 
     # The resumed run's log has each step once, as the uninterrupted one.
     steps = [(r["type"], r["stage"], r["step"]) for r in read_jsonl(killed / "metrics.jsonl")]
-    assert steps == [(r["type"], r["stage"], r["step"]) for r in read_jsonl(full / "metrics.jsonl")]
+    assert steps == [(r["type"], r["stage"], r["step"]) for r in read_jsonl(full_run / "metrics.jsonl")]
     # save_total_limit 2: the oldest of the three epoch checkpoints is gone.
     names = sorted(p.name for p in (killed / "checkpoints").iterdir())
     assert names == ["detection-epoch2", "masks-epoch1"]
+
+
+# ------------------------------------------------------------------------- damaged checkpoints (in-process)
+
+
+@pytest.fixture
+def run_copy(full_run, tmp_path) -> Path:
+    """A copy of the finished run without its final model: what a resume would continue."""
+    out = Path(shutil.copytree(full_run, tmp_path / "run"))
+    shutil.rmtree(out / "final")
+    return out
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
+
+
+def _resume(out: Path, checkpoint: str, sample_args: list[str]) -> int:
+    argv = ["--config", str(CI_CONFIG), "--output_dir", str(out), *SHAPE, *sample_args]
+    return train.main([*argv, "--resume_from_checkpoint", checkpoint])
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda c: _truncate(c / "model.safetensors"), "model.safetensors is truncated or corrupt"),
+        (lambda c: (c / "optimizer.bin").unlink(), "optimizer.bin is missing (not a complete checkpoint)"),
+        (lambda c: _truncate(c / "optimizer.bin"), "optimizer.bin is truncated or corrupt"),
+        (lambda c: (c / "trainer_state.json").write_text("{"), "trainer_state.json is unreadable"),
+    ],
+)
+def test_damaged_checkpoint_is_a_one_line_error_and_nothing_is_written(
+    run_copy, sample_args, damage, message, caplog, fresh_accelerate_state
+):
+    checkpoint = run_copy / "checkpoints" / "masks-epoch1"
+    damage(checkpoint)
+    before = _snapshot(run_copy)
+    assert _resume(run_copy, str(checkpoint), sample_args) == 1
+    [error] = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert f"CheckpointError: checkpoint {checkpoint}: {message}" in error  # after "[RANK 0] "
+    assert "\n" not in error and "Traceback" not in caplog.text
+    assert _snapshot(run_copy) == before
+
+
+def test_latest_skips_a_damaged_newest_checkpoint_and_logs_it(
+    run_copy, full_run, sample_args, caplog, fresh_accelerate_state
+):
+    newest = run_copy / "checkpoints" / "masks-epoch1"
+    _truncate(newest / "model.safetensors")
+    with caplog.at_level(logging.INFO):
+        assert _resume(run_copy, "latest", sample_args) == 0
+    assert (
+        f"--resume_from_checkpoint latest: skipped checkpoint {newest}: model.safetensors is truncated"
+        in (caplog.text)
+    )
+    assert "resumed stage masks after epoch 0" not in caplog.text  # it went back to the detection checkpoint
+    assert "resumed stage detection after epoch 2" in caplog.text
+    _assert_same_weights(full_run / "final", run_copy / "final")
+
+
+def test_latest_ignores_a_damaged_older_checkpoint(
+    run_copy, full_run, sample_args, caplog, fresh_accelerate_state
+):
+    """The newest checkpoint is complete: an unreadable older one must not stop the resume."""
+    (run_copy / "checkpoints" / "detection-epoch2" / "trainer_state.json").write_text("not json")
+    (run_copy / "checkpoints" / "detection-epoch2" / "optimizer.bin").unlink()
+    with caplog.at_level(logging.INFO):
+        assert _resume(run_copy, "latest", sample_args) == 0
+    assert "skipped" not in caplog.text
+    assert "resumed stage masks after epoch 1" in caplog.text
+    _assert_same_weights(full_run / "final", run_copy / "final")
+
+
+def test_latest_without_a_complete_checkpoint_names_each_damage(
+    run_copy, sample_args, caplog, fresh_accelerate_state
+):
+    for name in ("detection-epoch2", "masks-epoch1"):
+        (run_copy / "checkpoints" / name / "scheduler.bin").unlink()
+    before = _snapshot(run_copy)
+    assert _resume(run_copy, "latest", sample_args) == 1
+    [error] = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "CheckpointError: --resume_from_checkpoint latest: no complete checkpoint in" in error
+    assert (
+        "masks-epoch1: scheduler.bin is missing" in error
+        and "detection-epoch2: scheduler.bin is missing" in error
+    )
+    assert "\n" not in error
+    assert _snapshot(run_copy) == before
 
 
 def test_non_finite_loss_stops_with_clear_error_and_keeps_last_checkpoint(tmp_path, sample_args):
@@ -98,6 +178,9 @@ def test_non_finite_loss_stops_with_clear_error_and_keeps_last_checkpoint(tmp_pa
     )
     assert result.returncode == 1
     assert "non-finite training loss in stage 'detection', epoch 2, step 3" in result.stderr
+    assert (
+        "Traceback" not in result.stderr
+    )  # accelerate launch -q: the one-line error is the end of the output
     assert (out / "checkpoints" / "detection-epoch1" / "trainer_state.json").is_file()
     assert not (out / "checkpoints" / "detection-epoch2").exists()
     assert not (out / "final").exists()

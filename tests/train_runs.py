@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -34,7 +35,8 @@ def sample_export_args(tmp_root: Path) -> list[str]:
     return ["--sample_exports", ",".join(str(out / name) for name in SAMPLE_EXPORTS)]
 
 
-def train_env() -> dict[str, str]:
+def train_env(**extra: str) -> dict[str, str]:
+    """The environment of a training subprocess: offline, one thread per process, plus `extra`."""
     env = dict(os.environ)
     env.update(
         HF_HUB_OFFLINE="1",
@@ -42,14 +44,28 @@ def train_env() -> dict[str, str]:
         OMP_NUM_THREADS="1",  # 2 cores: keep two-process runs from oversubscribing
         PYTHONUNBUFFERED="1",
         TQDM_DISABLE="1",
+        **extra,
     )
     return env
 
 
+def free_port() -> int:
+    """A TCP port the OS reports free (bind to port 0), for a distributed rendezvous under pytest-xdist."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def accelerate_cmd(output_dir: Path, *args: str, num_processes: int = 1) -> list[str]:
+    """`accelerate launch -q ... finetune/train.py --config ci.yaml --output_dir OUT ARGS`.
+
+    `-q` (`--quiet`): a failing run ends on the script's one-line error, without accelerate's
+    `CalledProcessError` traceback (single-process launches; the exit status becomes 1).
+    """
     return [
         str(BIN / "accelerate"),
         "launch",
+        "-q",
         "--num_processes",
         str(num_processes),
         "--num_machines",
@@ -67,9 +83,12 @@ def accelerate_cmd(output_dir: Path, *args: str, num_processes: int = 1) -> list
     ]
 
 
-def run_training(cmd: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+def run_training(
+    cmd: list[str], timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run `cmd` from the repository root (timeout: a hang guard, not a speed goal)."""
     return subprocess.run(
-        cmd, cwd=REPO_ROOT, env=train_env(), capture_output=True, text=True, timeout=timeout
+        cmd, cwd=REPO_ROOT, env=env or train_env(), capture_output=True, text=True, timeout=timeout
     )
 
 

@@ -190,67 +190,63 @@ def _body(
     base: str | None,
     dataset_name: str,
 ) -> str:
+    """The Markdown body of the card: one section per function, in reading order."""
+    threshold = score_threshold(config, training_config)
+    return "\n\n".join(
+        [
+            _intro_section(config, repo_id),
+            _results_section(training_config, results, dataset_name),
+            _classes_section(config, results),
+            _usage_section(repo_id, threshold),
+            _recipe_section(training_config, results, base, dataset_name),
+            _limitations_section(config),
+            CITATION,
+        ]
+    )
+
+
+def _intro_section(config: dict[str, Any], repo_id: str) -> str:
     id2label = config["id2label"]
     stuff = {int(i) for i in config.get("stuff_label_ids") or []}
     n_stuff = sum(1 for k in id2label if int(k) in stuff)
     n_things = len(id2label) - n_stuff
+    return f"""# {repo_id.split("/")[-1]}
+
+A DETR{_backbone_name(config)} panoptic segmentation model fine-tuned on construction-site photos annotated in CVAT
+({n_things} thing and {n_stuff} stuff classes), trained with the detr-panoptic tooling in two
+stages: the box model first, then the mask head with the detector frozen."""
+
+
+def _results_section(training_config: dict[str, Any], results: dict[str, Any], dataset_name: str) -> str:
     data = training_config.get("data") or {}
-    run = training_config.get("run") or {}
-    threshold = score_threshold(config, training_config)
     metric_rows = [
         f"| {display} | {as_percent(results[key]):.1f} |"
         for key, _, display in METRICS
         if isinstance(results.get(key), int | float)
     ]
-    runtime = _first(results, RUNTIME_KEYS)
-    hardware = _first(results, HARDWARE_KEYS)
-    num_processes = results.get("num_processes")
-    recipe_facts = [
-        f"- Started from: `{base}`" if base else "- Started from: a local checkpoint / random initialisation",
-        f"- Training data: {dataset_name} (split `{data.get('train_split', 'train')}`; "
-        f"evaluated on `{data.get('eval_split', 'val')}`)",
-        *_stage_lines(training_config),
-    ]
-    if data.get("train_scales"):
-        scales = data["train_scales"]
-        recipe_facts.append(
-            f"- Augmentation: multi-scale shortest edge {min(scales)}–{max(scales)} px (max {data.get('max_size')}), "
-            f"horizontal flip p={data.get('hflip_prob')}, random crop {'on' if data.get('random_crop') else 'off'}; "
-            f"evaluation at shortest edge {data.get('eval_size')} px"
-        )
-    if run.get("mixed_precision"):
-        recipe_facts.append(f"- Mixed precision: {run['mixed_precision']}; seed {run.get('seed')}")
-    hw = [str(hardware)] if hardware else []
-    if num_processes:
-        hw.append(f"{num_processes} process(es)")
-    recipe_facts.append(f"- Hardware: {', '.join(hw) if hw else 'not recorded'}")
-    recipe_facts.append(f"- Training time: {_duration(runtime) if runtime is not None else 'not recorded'}")
-
     results_block = (
         "| metric | value (%) |\n|---|---:|\n" + "\n".join(metric_rows)
         if metric_rows
         else "No evaluation results recorded."
     )
-    return f"""# {repo_id.split("/")[-1]}
-
-A DETR{_backbone_name(config)} panoptic segmentation model fine-tuned on construction-site photos annotated in CVAT
-({n_things} thing and {n_stuff} stuff classes), trained with the detr-panoptic tooling in two
-stages: the box model first, then the mask head with the detector frozen.
-
-## Results
+    return f"""## Results
 
 On the `{data.get("eval_split", "val")}` split of {dataset_name} (panoptic quality, panopticapi definition;
 box mAP: COCO mAP@[.5:.95] of the detection boxes):
 
-{results_block}
+{results_block}"""
 
-## Classes
+
+def _classes_section(config: dict[str, Any], results: dict[str, Any]) -> str:
+    return f"""## Classes
 
 Things are counted per instance; stuff classes (one region per class and image) are fused.
 
-{classes_table(config, results)}
+{classes_table(config, results)}"""
 
-## How to use
+
+def _usage_section(repo_id: str, threshold: float) -> str:
+    return f"""## How to use
 
 With the `image-segmentation` pipeline (transformers >= 5):
 
@@ -284,15 +280,46 @@ result = processor.post_process_panoptic_segmentation(
 
 In the detr-panoptic repository, `PanopticPredictor.from_pretrained("{repo_id}")` does this in batches,
 `python finetune/predict.py IMAGES --model {repo_id} --out preds` writes COCO-panoptic PNGs + JSON and
-colour overlays, and `python demo.py --model {repo_id}` opens a small web demo.
+colour overlays, and `python demo.py --model {repo_id}` opens a small web demo."""
 
-## Training recipe
 
-{chr(10).join(recipe_facts)}
+def _recipe_section(
+    training_config: dict[str, Any], results: dict[str, Any], base: str | None, dataset_name: str
+) -> str:
+    """Where the model started, its data, each stage's settings, augmentation, precision, hardware, time."""
+    data = training_config.get("data") or {}
+    run = training_config.get("run") or {}
+    facts = [
+        f"- Started from: `{base}`" if base else "- Started from: a local checkpoint / random initialisation",
+        f"- Training data: {dataset_name} (split `{data.get('train_split', 'train')}`; "
+        f"evaluated on `{data.get('eval_split', 'val')}`)",
+        *_stage_lines(training_config),
+    ]
+    if data.get("train_scales"):
+        scales = data["train_scales"]
+        facts.append(
+            f"- Augmentation: multi-scale shortest edge {min(scales)}–{max(scales)} px (max {data.get('max_size')}), "
+            f"horizontal flip p={data.get('hflip_prob')}, random crop {'on' if data.get('random_crop') else 'off'}; "
+            f"evaluation at shortest edge {data.get('eval_size')} px"
+        )
+    if run.get("mixed_precision"):
+        facts.append(f"- Mixed precision: {run['mixed_precision']}; seed {run.get('seed')}")
+    runtime = _first(results, RUNTIME_KEYS)
+    hardware = _first(results, HARDWARE_KEYS)
+    hw = [str(hardware)] if hardware else []
+    if results.get("num_processes"):
+        hw.append(f"{results['num_processes']} process(es)")
+    facts.append(f"- Hardware: {', '.join(hw) if hw else 'not recorded'}")
+    facts.append(f"- Training time: {_duration(runtime) if runtime is not None else 'not recorded'}")
+    return f"""## Training recipe
 
-The full configuration is in `training_config.yaml`, the final metrics in `all_results.json`.
+{chr(10).join(facts)}
 
-## Limitations
+The full configuration is in `training_config.yaml`, the final metrics in `all_results.json`."""
+
+
+def _limitations_section(config: dict[str, Any]) -> str:
+    return f"""## Limitations
 
 - Trained on a small, domain-specific set of construction-site photos: expect poor results on other
   scenes, viewpoints, weather and lighting, and on classes it was not trained on.
@@ -301,17 +328,18 @@ The full configuration is in `training_config.yaml`, the final metrics in `all_r
 - DETR finds at most `num_queries` ({config.get("num_queries", "?")}) segments per image and misses
   small objects more often than large ones.
 - Scores are not calibrated probabilities; tune `threshold` on your own data.
-- Not suitable for safety-critical decisions (e.g. worker safety monitoring) without human review.
+- Not suitable for safety-critical decisions (e.g. worker safety monitoring) without human review."""
 
-## Citation
+
+CITATION = """## Citation
 
 ```bibtex
-@inproceedings{{carion2020detr,
-  title     = {{End-to-End Object Detection with Transformers}},
-  author    = {{Carion, Nicolas and Massa, Francisco and Synnaeve, Gabriel and Usunier, Nicolas and
-               Kirillov, Alexander and Zagoruyko, Sergey}},
-  booktitle = {{ECCV}},
-  year      = {{2020}}
-}}
+@inproceedings{carion2020detr,
+  title     = {End-to-End Object Detection with Transformers},
+  author    = {Carion, Nicolas and Massa, Francisco and Synnaeve, Gabriel and Usunier, Nicolas and
+               Kirillov, Alexander and Zagoruyko, Sergey},
+  booktitle = {ECCV},
+  year      = {2020}
+}
 ```
 """

@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from transformers import DetrConfig, DetrForSegmentation
 
+from finetune.config import check_config_overrides
+
 logger = logging.getLogger(__name__)
 
 CLASS_HEAD_KEYS = ("detr.class_labels_classifier.weight", "detr.class_labels_classifier.bias")
@@ -56,6 +58,10 @@ class ModelUnavailableError(RuntimeError):
     """The checkpoint named by `model_name_or_path` cannot be loaded (no local folder, Hub unreachable)."""
 
 
+class ModelSetupError(ValueError):
+    """The model settings do not fit the dataset or the checkpoint (`class_map`, `config_overrides`, categories)."""
+
+
 def label_space(categories: Sequence[Mapping[str, Any]]) -> tuple[dict[int, str], dict[str, int], list[int]]:
     """The model's label space from the dataset categories.
 
@@ -67,11 +73,11 @@ def label_space(categories: Sequence[Mapping[str, Any]]) -> tuple[dict[int, str]
         are those whose category has `isthing` False (what inference fuses with `label_ids_to_fuse`).
     """
     if not categories:
-        raise ValueError("the dataset has no categories: cannot build a class head with 0 classes")
+        raise ModelSetupError("the dataset has no categories: cannot build a class head with 0 classes")
     names = [str(c["name"]) for c in categories]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise ValueError(f"category names must be unique to label the model, duplicated: {duplicates}")
+        raise ModelSetupError(f"category names must be unique to label the model, duplicated: {duplicates}")
     id2label = dict(enumerate(names))
     label2id = {name: i for i, name in id2label.items()}
     stuff_label_ids = [i for i, c in enumerate(categories) if not c["isthing"]]
@@ -95,7 +101,7 @@ def map_class_head_rows(
         `{new_label: pretrained_label}` for the mapped labels only (the no-object row is not included).
 
     Raises:
-        ValueError: a `class_map` key is not a dataset class or a value is not a pretrained class.
+        ModelSetupError: a `class_map` key is not a dataset class or a value is not a pretrained class.
     """
     class_map = dict(class_map or {})
     new_names = set(new_id2label.values())
@@ -105,11 +111,11 @@ def map_class_head_rows(
 
     unknown_keys = sorted(k for k in class_map if k not in new_names)
     if unknown_keys:
-        raise ValueError(f"class_map names classes that are not in the dataset: {unknown_keys}")
+        raise ModelSetupError(f"class_map names classes that are not in the dataset: {unknown_keys}")
     unknown_values = sorted(v for v in class_map.values() if v not in pretrained_ids)
     if unknown_values:
         hints = {v: difflib.get_close_matches(v, list(pretrained_ids), n=3) for v in unknown_values}
-        raise ValueError(
+        raise ModelSetupError(
             f"class_map names classes that the checkpoint does not have (close matches: {hints})"
         )
 
@@ -147,15 +153,17 @@ def load_model(
 
     Raises:
         ModelUnavailableError: `model_name_or_path` is neither a local folder nor loadable from the Hub (offline).
-        ValueError: bad categories, `class_map` or `config_overrides`.
+        ModelSetupError: bad categories, `class_map`, or `config_overrides` (also `ConfigError`: an unknown
+            DetrConfig field).
     """
     id2label, label2id, stuff_label_ids = label_space(categories)
     overrides = {**DEFAULT_OVERRIDES, **dict(config_overrides or {})}
     clashing = sorted(k for k in overrides if k in _LABEL_SPACE_KEYS)
     if clashing:
-        raise ValueError(
+        raise ModelSetupError(
             f"config_overrides must not set {clashing}: the label space comes from the dataset categories"
         )
+    check_config_overrides(overrides)
 
     if model_name_or_path is None:
         config = DetrConfig(**overrides, id2label=id2label, label2id=label2id)
@@ -309,6 +317,10 @@ def transfer_pretrained_weights(
 
     Returns:
         `{new_label: pretrained_label}`: the class-head rows copied (plus the no-object row, always copied).
+
+    Raises:
+        ModelSetupError: the two models differ in more than the class head (`config_overrides` changed the
+            architecture), or `class_map` is wrong.
     """
     source = pretrained.state_dict()
     target = model.state_dict()
@@ -318,10 +330,23 @@ def transfer_pretrained_weights(
         for k, v in body.items()
         if k in target and target[k].shape != v.shape
     ]
-    if mismatched:
-        raise ValueError(f"config_overrides changed the architecture of the checkpoint: {mismatched[:5]}")
+    # A layer count or other architecture setting in `config_overrides` that differs from the checkpoint's
+    # shows as tensors of a different shape, or tensors only one side has: a user error, not an invariant.
+    only_model = sorted(set(target) - set(body) - set(CLASS_HEAD_KEYS))
+    only_checkpoint = sorted(set(body) - set(target))
+    if mismatched or only_model or only_checkpoint:
+        differences = [
+            *mismatched,
+            *(f"{k}: not in the checkpoint" for k in only_model),
+            *(f"{k}: not in the model" for k in only_checkpoint),
+        ]
+        raise ModelSetupError(
+            f"config_overrides changed the architecture of the checkpoint ({len(differences)} tensors "
+            f"differ, e.g. {differences[:3]}): remove the architecture keys from config_overrides"
+        )
     result = model.load_state_dict(body, strict=False)
-    assert sorted(result.missing_keys) == sorted(CLASS_HEAD_KEYS), result.missing_keys  # same architecture
+    # Only the class head is left (the key sets were compared above).
+    assert sorted(result.missing_keys) == sorted(CLASS_HEAD_KEYS), result.missing_keys
     assert not result.unexpected_keys, result.unexpected_keys
 
     rows = map_class_head_rows(model.config.id2label, pretrained.config.id2label, class_map)

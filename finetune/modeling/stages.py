@@ -32,8 +32,8 @@ from accelerate.utils import extract_model_from_parallel
 from transformers import DetrForSegmentation
 from transformers.loss.loss_for_object_detection import HungarianMatcher, ImageLoss
 
-STAGES = ("detection", "masks")
-MASK_MODULES = ("mask_head", "bbox_attention")
+from finetune.config import STAGE_NAMES
+
 BACKBONE_PREFIX = "detr.model.backbone."
 # DETR trains ResNet layer2-4 only (stem and layer1 stay frozen, as in the paper and in transformers for
 # HF backbones); names: timm `layer2..4`, transformers ResNetBackbone `encoder.stages.1..3`.
@@ -43,8 +43,8 @@ Labels = list[dict[str, torch.Tensor]]
 
 
 def _check_stage(stage: str) -> None:
-    if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r}: expected one of {STAGES}")
+    if stage not in STAGE_NAMES:
+        raise ValueError(f"unknown stage {stage!r}: expected one of {STAGE_NAMES}")
 
 
 def unwrap_model(model: torch.nn.Module) -> DetrForSegmentation:
@@ -77,7 +77,7 @@ def freeze_for_stage(model: torch.nn.Module, stage: str) -> list[torch.nn.Parame
 
     Args:
         model: a `DetrForSegmentation`, possibly wrapped by Accelerate/DDP.
-        stage: one of `STAGES`.
+        stage: one of `finetune.config.STAGE_NAMES`.
     """
     inner = unwrap_model(model)
     resnet = _backbone_is_resnet(inner)

@@ -8,7 +8,10 @@ Layout::
         training_config.yaml
 
 A checkpoint is written into a temporary sibling and renamed once complete, so a run killed while
-saving never leaves a half-written `<stage>-epoch<k>` behind; `trainer_state.json` marks complete ones.
+saving never leaves a half-written `<stage>-epoch<k>` behind. A checkpoint damaged later (a file
+truncated by a full disk, deleted by hand) is found before resuming (`check_checkpoint`): an explicit
+`--resume_from_checkpoint DIR` stops with a one-line error naming the folder and the file, while
+`--resume_from_checkpoint latest` takes the newest complete checkpoint and logs the ones it skipped.
 Resuming is epoch-granular: a run killed mid-epoch restarts that epoch from the last checkpoint (its
 RNG state included), which reproduces the uninterrupted run exactly.
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,6 +34,9 @@ logger = get_logger(__name__)
 
 STATE_FILE = "trainer_state.json"
 CONFIG_FILE = "training_config.yaml"
+# What `accelerator.save_state` writes for one model, optimizer and scheduler (besides RNG states).
+MODEL_FILE = "model.safetensors"
+TORCH_FILES = ("optimizer.bin", "scheduler.bin")
 _NAME = re.compile(r"^(?P<stage>[a-z]+)-epoch(?P<epoch>\d+)$")
 
 
@@ -57,50 +64,114 @@ class TrainerState:
     metric_name: str | None = None
     last_eval: dict | None = None
 
-    def sort_key(self) -> tuple[int, int, int]:
-        return (STAGE_NAMES.index(self.stage), self.epoch, self.global_step)
-
 
 def checkpoints_dir(output_dir: str | Path) -> Path:
     return Path(output_dir) / "checkpoints"
 
 
 def read_trainer_state(checkpoint: str | Path) -> TrainerState:
+    """The `trainer_state.json` of `checkpoint`.
+
+    Raises:
+        CheckpointError: missing, unreadable or not a state of a known stage (one line naming the file).
+    """
     path = Path(checkpoint) / STATE_FILE
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        state = TrainerState(**data)
+        state = TrainerState(**json.loads(path.read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        raise CheckpointError(
+            f"checkpoint {checkpoint}: {STATE_FILE} is missing (not a complete checkpoint)"
+        ) from None
     except (OSError, ValueError, TypeError) as err:
-        raise CheckpointError(f"{checkpoint}: not a complete training checkpoint ({path}: {err})") from err
+        raise CheckpointError(
+            f"checkpoint {checkpoint}: {STATE_FILE} is unreadable ({_one_line(err)})"
+        ) from err
     if state.stage not in STAGE_NAMES:
-        raise CheckpointError(f"{path}: unknown stage {state.stage!r}")
+        raise CheckpointError(f"checkpoint {checkpoint}: {STATE_FILE} names an unknown stage {state.stage!r}")
     return state
 
 
-def list_checkpoints(output_dir: str | Path) -> list[tuple[Path, TrainerState]]:
-    """Complete checkpoints under `output_dir/checkpoints`, oldest first."""
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def check_checkpoint(checkpoint: str | Path) -> TrainerState:
+    """Check that every file a resume reads is there and not truncated; returns the trainer state.
+
+    Cheap checks, no tensor is loaded: the safetensors header must cover the whole file (a truncated
+    file fails), and the torch files (zip archives) must have their central directory (at the end).
+
+    Raises:
+        CheckpointError: `checkpoint {path}: {file} is missing|truncated or corrupt (...)`, one line.
+    """
+    folder = Path(checkpoint)
+    if not folder.is_dir():
+        raise CheckpointError(f"checkpoint {folder}: no such folder")
+    state = read_trainer_state(folder)
+    for name in (MODEL_FILE, *TORCH_FILES):
+        if not (folder / name).is_file():
+            raise CheckpointError(f"checkpoint {folder}: {name} is missing (not a complete checkpoint)")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(folder / MODEL_FILE), framework="pt"):
+            pass
+    except Exception as err:  # safetensors raises its own error types for a bad header or a short file
+        raise CheckpointError(
+            f"checkpoint {folder}: {MODEL_FILE} is truncated or corrupt ({_one_line(err)})"
+        ) from err
+    for name in TORCH_FILES:
+        try:
+            zipfile.ZipFile(folder / name).close()
+        except (OSError, zipfile.BadZipFile) as err:
+            raise CheckpointError(
+                f"checkpoint {folder}: {name} is truncated or corrupt ({_one_line(err)})"
+            ) from err
+    return state
+
+
+def list_checkpoints(output_dir: str | Path) -> list[Path]:
+    """The epoch checkpoint folders under `output_dir/checkpoints`, oldest first (by stage, then epoch).
+
+    Ordered by their names, so that a damaged one does not hide the others; see `check_checkpoint`.
+    """
     root = checkpoints_dir(output_dir)
     if not root.is_dir():
         return []
     found = []
     for path in root.iterdir():
-        if path.is_dir() and _NAME.match(path.name) and (path / STATE_FILE).is_file():
-            found.append((path, read_trainer_state(path)))
-    return sorted(found, key=lambda item: item[1].sort_key())
+        match = _NAME.match(path.name)
+        if path.is_dir() and match and match["stage"] in STAGE_NAMES:
+            found.append((STAGE_NAMES.index(match["stage"]), int(match["epoch"]), path))
+    return [path for *_, path in sorted(found)]
 
 
-def resolve_checkpoint(resume_from: str, output_dir: str | Path) -> Path:
-    """`latest` -> newest complete checkpoint of `output_dir`; otherwise the given folder (checked)."""
-    if resume_from == "latest":
-        found = list_checkpoints(output_dir)
-        if not found:
-            raise CheckpointError(
-                f"--resume_from_checkpoint latest: no checkpoint in {checkpoints_dir(output_dir)}"
-            )
-        return found[-1][0]
-    path = Path(resume_from)
-    read_trainer_state(path)  # raises a clear error when incomplete
-    return path
+def resolve_checkpoint(resume_from: str, output_dir: str | Path) -> tuple[Path, TrainerState]:
+    """The checkpoint to resume from and its state, checked with `check_checkpoint`.
+
+    `latest`: the newest complete checkpoint of `output_dir`; damaged newer ones are skipped (and logged).
+    Otherwise the given folder, which must be complete.
+
+    Raises:
+        CheckpointError: the folder is damaged, or `latest` finds no complete checkpoint.
+    """
+    if resume_from != "latest":
+        path = Path(resume_from)
+        return path, check_checkpoint(path)
+    skipped = []
+    for path in reversed(list_checkpoints(output_dir)):
+        try:
+            state = check_checkpoint(path)
+        except CheckpointError as err:
+            skipped.append(str(err))
+            continue
+        for reason in skipped:
+            logger.warning(f"--resume_from_checkpoint latest: skipped {reason}")
+        return path, state
+    detail = f" ({'; '.join(skipped)})" if skipped else ""
+    raise CheckpointError(
+        f"--resume_from_checkpoint latest: no complete checkpoint in {checkpoints_dir(output_dir)}{detail}"
+    )
 
 
 def save_checkpoint(
@@ -139,6 +210,6 @@ def _rotate(output_dir: str | Path, save_total_limit: int | None) -> None:
     if save_total_limit is None:
         return
     found = list_checkpoints(output_dir)
-    for path, _ in found[: max(0, len(found) - save_total_limit)]:
+    for path in found[: max(0, len(found) - save_total_limit)]:
         shutil.rmtree(path)
         logger.info(f"removed old checkpoint {path} (save_total_limit={save_total_limit})")

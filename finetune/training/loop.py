@@ -9,11 +9,17 @@ Each stage prepares the model again (DDP registers only the parameters that requ
 wraps the model, and the trainable set changes between stages) together with its own optimiser,
 scheduler and loader; `accelerator.free_memory()` drops the previous stage's objects first, so that
 `save_state`/`load_state` always see exactly one model, optimiser and scheduler.
+
+Test hook: with the environment variable `DETR_PANOPTIC_KILL_AT_STEP=N`, every process SIGKILLs itself
+right after optimiser step N (global, all stages): a deterministic stand-in for an out-of-memory kill or
+a preempted machine, used by `tests/test_train_resume.py`. Unset in normal runs.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +39,7 @@ from finetune.training.metrics_log import MetricsLogger
 logger = get_logger(__name__)
 
 STAGE_METRIC = {"detection": "box_map", "masks": "pq"}
+KILL_AT_STEP_ENV = "DETR_PANOPTIC_KILL_AT_STEP"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -144,9 +151,16 @@ def train_one_epoch(
                 metrics.log(record)
                 progress.set_postfix(loss=f"{record['loss']:.3f}")
                 window = []
+            _kill_if_requested(global_step)
     progress.close()
     mean_loss = accelerator.reduce(total_loss / max(batches, 1), reduction="mean")
     return global_step, float(mean_loss)
+
+
+def _kill_if_requested(global_step: int) -> None:
+    """The test hook of the module docstring: SIGKILL this process after step `DETR_PANOPTIC_KILL_AT_STEP`."""
+    if os.environ.get(KILL_AT_STEP_ENV) == str(global_step):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _check_finite(loss, components, accelerator: Accelerator, stage: str, epoch: int, step: int) -> None:
