@@ -354,7 +354,7 @@ def _bad_rle_size(exports):
         (_truncate, r"b.jpg .*cannot decode image", 1),
         (_remove, r"instances_default.json: image 2 \(b.jpg\): image file not found", 1),
         (_bad_json, r"instances_default.json: malformed JSON", 1),
-        (_bad_rle_size, r"instances_default.json: annotation 20: RLE size 48x65", 1),
+        (_bad_rle_size, r"instances_default.json: image 2 \(b.jpg\), annotation 20: RLE size 48x65", 1),
     ],
 )
 def test_bad_input_is_a_clear_error_and_nothing_is_written(exports, damage, match, workers, caplog):

@@ -10,9 +10,9 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from dataset_scripts.cvat.coco import read_coco_export, read_coco_file
+from dataset_scripts.cvat.exports import merge_images, read_export
 from dataset_scripts.cvat.records import ConversionError
 from dataset_scripts.cvat.xml import decode_cvat_rle, read_cvat_xml
-from dataset_scripts.cvat_to_panoptic import merge_images, read_export
 from dataset_scripts.rasterize import CategoryRef, rasterize_image
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

@@ -1,0 +1,64 @@
+"""Run the per-image jobs, in this process or in worker processes that never outlive it.
+
+Workers must not be left behind when the converter dies: on Linux each worker asks the kernel to
+kill it when its parent dies (``prctl(PR_SET_PDEATHSIG, SIGKILL)``), so even a SIGKILL of the
+converter leaves no orphan. Workers ignore Ctrl-C (the terminal sends it to the whole process
+group): the parent stops the pool and cleans up, as for any other error.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from typing import TypeVar
+
+from tqdm import tqdm
+
+logger = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+Job = TypeVar("Job")
+Result = TypeVar("Result")
+
+
+def die_with_parent() -> None:
+    """Ask the kernel to SIGKILL this process when its parent dies (Linux; elsewhere a no-op)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+            logger.warning("prctl(PR_SET_PDEATHSIG) failed (errno %d)", ctypes.get_errno())
+    except (OSError, AttributeError) as err:  # no libc symbol: keep working without the guard
+        logger.warning("cannot tie workers to the converter's life: %s", err)
+
+
+def _init_worker(parent_pid: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the parent's cleanup handler
+    die_with_parent()
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def run_jobs(
+    function: Callable[[Job], Result], jobs: Sequence[Job], num_workers: int, desc: str = "images"
+) -> list[Result]:
+    """``[function(job) for job in jobs]``, in ``num_workers`` processes when more than one.
+
+    The first exception stops everything: pending jobs are cancelled, running ones finish, the
+    workers exit, and the exception is raised here.
+    """
+    progress = dict(total=len(jobs), desc=desc, unit="img", disable=None)
+    if num_workers <= 1 or len(jobs) <= 1:
+        return [function(job) for job in tqdm(jobs, **progress)]
+    pool = ProcessPoolExecutor(max_workers=num_workers, initializer=_init_worker, initargs=(os.getpid(),))
+    try:
+        return list(tqdm(pool.map(function, jobs, chunksize=1), **progress))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
