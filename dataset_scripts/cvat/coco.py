@@ -191,12 +191,12 @@ def _annotation_shape(ann: Any, order: int, src: str, images: dict, categories: 
     _require(_is_id(image_id), f"{where}: image_id must be an integer, got {_type_name(image_id)}")
     image = images.get(image_id)
     if image is None:
-        raise ConversionError(f"{where}: unknown image_id {image_id}")
+        raise ConversionError(f"{where}: unknown image_id {image_id!r}")
     where = f"{src}: image {image.image_id} ({image.file_name}), annotation {ann['id']}"
     _require(_is_id(category_id), f"{where}: category_id must be an integer, got {_type_name(category_id)}")
     label = categories.get(category_id)
     if label is None:
-        raise ConversionError(f"{where}: unknown category_id {category_id}")
+        raise ConversionError(f"{where}: unknown category_id {category_id!r}")
     iscrowd, attributes = ann.get("iscrowd", 0), ann.get("attributes") or {}
     _require(iscrowd in (0, 1, None), f"{where}: iscrowd must be 0 or 1, got {str(iscrowd)[:20]}")
     _require(isinstance(attributes, dict), f"{where}: attributes must be an object")
@@ -231,6 +231,8 @@ def read_coco_file(json_path: Path, search_dirs: Sequence[Path]) -> Export:
         data = load_json(json_path)
     except PanopticFormatError as err:
         raise ConversionError(str(err)) from err
+    except (RecursionError, ValueError) as err:  # absurd nesting, integers of thousands of digits
+        raise ConversionError(f"{json_path}: malformed JSON ({type(err).__name__})") from None
     src = str(json_path)
     _require(isinstance(data, dict), f"{src}: not a COCO file (top level is not an object)")
     for key in ("images", "annotations", "categories"):
