@@ -252,6 +252,62 @@ def _skip_warning(shape: Shape, image: str) -> ReportWarning:
     return _warn(shape, image, UNSUPPORTED, f"<{shape.detail}> of '{shape.label}' is not supported: skipped")
 
 
+@dataclass
+class _Segments:
+    """Provisional segments 1..n of one image: one per stuff category, one per thing shape."""
+
+    category: list[int] = field(default_factory=lambda: [0])
+    crowd: list[bool] = field(default_factory=lambda: [False])
+    shapes: list[list[Shape]] = field(default_factory=lambda: [[]])
+    stuff_index: dict[int, int] = field(default_factory=dict)
+
+    def thing(self, category_id: int, crowd: bool, shape: Shape) -> int:
+        self.category.append(category_id)
+        self.crowd.append(crowd)
+        self.shapes.append([shape])
+        return len(self.category) - 1
+
+    def stuff(self, category_id: int, shape: Shape | None = None) -> int:
+        if category_id not in self.stuff_index:  # all regions of a stuff class form one segment
+            self.stuff_index[category_id] = len(self.category)
+            self.category.append(category_id)
+            self.crowd.append(False)
+            self.shapes.append([])
+        index = self.stuff_index[category_id]
+        if shape is not None:
+            self.shapes[index].append(shape)
+        return index
+
+    def number(self, canvas: np.ndarray, image: str, warnings: list) -> tuple[np.ndarray, list[dict]]:
+        """Final ids 1..m for the visible segments, their ``segments_info``; invisible ones reported."""
+        visible = np.bincount(canvas.ravel(), minlength=len(self.category))
+        final = np.zeros(len(self.category), dtype=np.uint32)
+        next_id = 1
+        for index in range(1, len(self.category)):
+            if visible[index] > 0:
+                final[index] = next_id
+                next_id += 1
+            elif self.shapes[index]:
+                first = self.shapes[index][0]
+                ann_ids = ",".join(s.annotation_id for s in self.shapes[index])
+                message = f"'{first.label}' has no visible pixel left (covered by other segments): dropped"
+                warnings.append(ReportWarning(INVISIBLE, first.source, image, ann_ids, message))
+        ids = final[canvas]
+        stats = segment_stats(ids)
+        segments_info = [
+            {
+                "id": int(final[index]),
+                "category_id": self.category[index],
+                "iscrowd": int(self.crowd[index]),
+                "bbox": stats[int(final[index])].bbox,
+                "area": stats[int(final[index])].area,
+            }
+            for index in range(1, len(self.category))
+            if final[index]
+        ]
+        return ids, segments_info
+
+
 def rasterize_image(
     height: int,
     width: int,
@@ -284,28 +340,14 @@ def rasterize_image(
     if overlap not in ("area", "order"):
         raise ValueError(f"overlap must be 'area' or 'order', got {overlap!r}")
     warnings: list[ReportWarning] = []
-
-    # Provisional segments: index 1.. ; one per stuff category, one per thing shape.
-    seg_category: list[int] = [0]
-    seg_crowd: list[bool] = [False]
-    seg_shapes: list[list[Shape]] = [[]]
-    stuff_index: dict[int, int] = {}
-
-    def stuff_segment(category_id: int) -> int:
-        if category_id not in stuff_index:
-            stuff_index[category_id] = len(seg_category)
-            seg_category.append(category_id)
-            seg_crowd.append(False)
-            seg_shapes.append([])
-        return stuff_index[category_id]
-
+    segments = _Segments()
     lut_model = np.zeros(len(stuff_map_categories) + 1, dtype=np.int64)
     if stuff_map is not None:
         if stuff_map.shape != (height, width):
             raise ValueError(f"stuff map of shape {stuff_map.shape} for a {height}x{width} image")
         present = np.unique(stuff_map)
         for value in present[present >= 0].tolist():
-            lut_model[value + 1] = stuff_segment(stuff_map_categories[value])
+            lut_model[value + 1] = segments.stuff(stuff_map_categories[value])
 
     layers = []  # (sort key, provisional index, patch)
     for shape in shapes:
@@ -318,19 +360,15 @@ def rasterize_image(
             continue
         category = categories[shape.label]
         if category.isthing:
-            index = len(seg_category)
-            seg_category.append(category.id)
-            seg_crowd.append(keep_crowd and shape.iscrowd)
-            seg_shapes.append([shape])
+            index = segments.thing(category.id, keep_crowd and shape.iscrowd, shape)
         else:
-            index = stuff_segment(category.id)
-            seg_shapes[index].append(shape)
+            index = segments.stuff(category.id, shape)
         tie = -patch.area if overlap == "area" else 0
         key = (int(category.isthing), shape.z_order or 0, tie, shape.order)
         layers.append((key, index, patch))
     layers.sort(key=lambda item: item[0])
 
-    dtype = np.uint16 if len(seg_category) < 2**16 else np.uint32
+    dtype = np.uint16 if len(segments.category) < 2**16 else np.uint32
     if stuff_map is not None:
         canvas = lut_model.astype(dtype)[stuff_map.astype(np.int64) + 1]
     else:
@@ -338,40 +376,5 @@ def rasterize_image(
     for _, index, patch in layers:
         h, w = patch.mask.shape
         canvas[patch.top : patch.top + h, patch.left : patch.left + w][patch.mask] = index
-
-    visible = np.bincount(canvas.ravel(), minlength=len(seg_category))
-    final = np.zeros(len(seg_category), dtype=np.uint32)
-    next_id = 1
-    for index in range(1, len(seg_category)):
-        if visible[index] > 0:
-            final[index] = next_id
-            next_id += 1
-        elif seg_shapes[index]:
-            first = seg_shapes[index][0]
-            ann_ids = ",".join(s.annotation_id for s in seg_shapes[index])
-            warnings.append(
-                ReportWarning(
-                    INVISIBLE,
-                    first.source,
-                    image,
-                    ann_ids,
-                    f"'{first.label}' has no visible pixel left (covered by other segments): dropped",
-                )
-            )
-    ids = final[canvas]
-    stats = segment_stats(ids)
-    segments_info = []
-    for index in range(1, len(seg_category)):
-        if final[index] == 0:
-            continue
-        seg_id = int(final[index])
-        segments_info.append(
-            {
-                "id": seg_id,
-                "category_id": seg_category[index],
-                "iscrowd": int(seg_crowd[index]),
-                "bbox": stats[seg_id].bbox,
-                "area": stats[seg_id].area,
-            }
-        )
+    ids, segments_info = segments.number(canvas, image, warnings)
     return RasterResult(ids=ids, segments_info=segments_info, warnings=warnings)
