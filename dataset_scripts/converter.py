@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,7 +126,7 @@ def _run_stuff_model(
     """
     from dataset_scripts.stuff_model import StuffModelError, pseudo_label_stuff
 
-    existed = cache.exists()
+    created = [folder for folder in (cache.parent, cache) if not folder.exists()]
     cache.mkdir(parents=True, exist_ok=True)
     logger.info("stuff maps from %s (cache %s, kept after the run)", options.stuff_from_model, cache)
     try:
@@ -139,18 +140,13 @@ def _run_stuff_model(
             load_image=UprightImageLoader(),
         )
     except (StuffModelError, OSError, ValueError) as err:
-        maps = list(cache.glob("*.npz"))
-        if not maps and not existed:
-            import shutil
-
-            shutil.rmtree(cache, ignore_errors=True)
-            for parent in cache.parents:  # the default <out>.stuff-cache/ made for this run
-                if parent == cache.parent.parent or any(parent.iterdir()):
-                    break
-                parent.rmdir()
-            kept = "nothing was written"
-        else:
+        maps = list(cache.rglob("*.npz"))
+        if maps:
             kept = f"the {len(maps)} stuff maps computed so far are kept in {cache} so that a rerun resumes"
+        else:  # remove only what this run created, and only when it holds no map
+            for folder in reversed(created):
+                shutil.rmtree(folder, ignore_errors=True)
+            kept = "no stuff map was written"
         raise ConversionError(f"--stuff-from-model {options.stuff_from_model}: {err} ({kept})") from err
 
 
