@@ -295,8 +295,12 @@ def convert_exports(exports: list[Path], out_dir: Path, options: ConversionOptio
                 for index, key in enumerate(sorted(pictures.paths))
             ]
             _write_outputs(tmp, run_jobs(convert_image, jobs, options.num_workers), report, options)
-    except (FileExistsError, ConversionError):
+    except FileExistsError:
         raise
+    except ConversionError as err:
+        if stuff_cache is None:
+            raise
+        raise ConversionError(f"{err} (the stuff maps stay in {stuff_cache} for the next run)") from err
     except OSError as err:  # the output cannot be written (permissions, full disk, ...)
         where = err.filename or out_dir
         raise ConversionError(f"--out {out_dir}: cannot write {where} ({err.strerror or err})") from err

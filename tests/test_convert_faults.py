@@ -367,3 +367,20 @@ def test_convert_exports_raises_conversion_error_for_the_library(tmp_path):
     export = one_image_coco(tmp_path / "export", [ann(5, category_id=[1])])
     with pytest.raises(ConversionError, match="category_id must be an integer"):
         convert_exports([export], tmp_path / "out", ConversionOptions())
+
+
+def test_error_after_the_stuff_model_says_the_maps_are_kept(tmp_path, monkeypatch, caplog):
+    class FakeMapping:
+        stuff_names = ["sky"]
+        source = "fake"
+
+    def fake(items, model, mapping, cache_dir, **kwargs):
+        for key, _ in items:
+            stuff_model.cache_path(cache_dir, key).parent.mkdir(parents=True, exist_ok=True)
+            stuff_model.cache_path(cache_dir, key).write_bytes(b"not an npz")
+
+    monkeypatch.setattr(stuff_model, "load_stuff_mapping", lambda path: FakeMapping())
+    monkeypatch.setattr(stuff_model, "pseudo_label_stuff", fake)
+    export = one_image_coco(tmp_path / "export", [ann(1)])
+    error = assert_refused(tmp_path, export, caplog, "out.stuff-cache", extra=["--stuff-from-model", "m"])
+    assert error.endswith(f"(the stuff maps stay in {tmp_path / 'out.stuff-cache' / 'm'} for the next run)")
