@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import multiprocessing
 import os
 import signal
 import sys
@@ -38,11 +39,13 @@ def die_with_parent() -> None:
         logger.warning("cannot tie workers to the converter's life: %s", err)
 
 
-def _init_worker(parent_pid: int) -> None:
+def _init_worker(parent_pid: int | None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the parent's cleanup handler
     die_with_parent()
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+    # Forked workers are the converter's children: if it died before prctl took effect, stop.
+    # (forkserver/spawn workers are children of a helper that dies with the converter.)
+    if parent_pid is not None and os.getppid() != parent_pid:
         os._exit(1)
 
 
@@ -57,7 +60,11 @@ def run_jobs(
     progress = dict(total=len(jobs), desc=desc, unit="img", disable=None)
     if num_workers <= 1 or len(jobs) <= 1:
         return [function(job) for job in tqdm(jobs, **progress)]
-    pool = ProcessPoolExecutor(max_workers=num_workers, initializer=_init_worker, initargs=(os.getpid(),))
+    context = multiprocessing.get_context()
+    parent_pid = os.getpid() if context.get_start_method() == "fork" else None
+    pool = ProcessPoolExecutor(
+        max_workers=num_workers, mp_context=context, initializer=_init_worker, initargs=(parent_pid,)
+    )
     try:
         return list(tqdm(pool.map(function, jobs, chunksize=1), **progress))
     finally:
