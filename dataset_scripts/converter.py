@@ -11,6 +11,7 @@ Everything is built in a hidden temporary sibling of the output folder and renam
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -30,6 +31,7 @@ from dataset_scripts.conversion_report import ClassStats, ConversionReport
 from dataset_scripts.cvat.exports import merge_images, read_export
 from dataset_scripts.cvat.records import MASK_KINDS, ConversionError, ImageRecord
 from dataset_scripts.image_io import UprightImageLoader
+from dataset_scripts.interrupts import raise_if_interrupted
 from dataset_scripts.panoptic_format import read_panoptic_png
 from dataset_scripts.rasterize import CategoryRef
 from dataset_scripts.workers import run_jobs
@@ -220,6 +222,35 @@ def _image_classes(images: dict[str, ImageRecord], keys: Sequence[str], refs: di
     }
 
 
+def _build_folder(
+    out_dir: Path,
+    jobs: list[ImageJob],
+    report: ConversionReport,
+    options: ConversionOptions,
+    stuff_cache: Path | None,
+) -> None:
+    """Run the jobs into a temporary sibling of ``out_dir`` and move it into place.
+
+    Raises:
+        ConversionError: a job failed (the message says where the stuff maps stay, if any), or the
+            output cannot be written.
+    """
+    try:
+        with atomic_directory(out_dir, overwrite=options.overwrite) as tmp:
+            jobs = [dataclasses.replace(job, out_root=tmp) for job in jobs]
+            _write_outputs(tmp, run_jobs(convert_image, jobs, options.num_workers), report, options)
+            raise_if_interrupted()  # never commit a run whose Ctrl-C was swallowed on the way
+    except FileExistsError:
+        raise
+    except ConversionError as err:
+        if stuff_cache is None:
+            raise
+        raise ConversionError(f"{err} (the stuff maps stay in {stuff_cache} for the next run)") from err
+    except OSError as err:  # the output cannot be written (permissions, full disk, ...)
+        where = err.filename or out_dir
+        raise ConversionError(f"--out {out_dir}: cannot write {where} ({err.strerror or err})") from err
+
+
 def convert_exports(exports: list[Path], out_dir: Path, options: ConversionOptions) -> ConversionReport:
     """Convert CVAT exports into a COCO-panoptic folder.
 
@@ -276,32 +307,21 @@ def convert_exports(exports: list[Path], out_dir: Path, options: ConversionOptio
         classes={cat["id"]: ClassStats(cat["name"], bool(cat["isthing"])) for cat in categories},
         renamed={key: name for key, name in pictures.names.items() if name != key},
     )
-    try:
-        with atomic_directory(out_dir, overwrite=options.overwrite) as tmp:
-            jobs = [
-                ImageJob(
-                    image_id=index + 1,
-                    record=images[key],
-                    path=pictures.paths[key],
-                    name=pictures.names[key],
-                    split=split_of[key],
-                    out_root=tmp,
-                    categories=refs,
-                    overlap=options.overlap,
-                    keep_crowd=options.keep_crowd,
-                    stuff_cache=stuff_cache,
-                    stuff_map_categories=stuff_map_categories,
-                )
-                for index, key in enumerate(sorted(pictures.paths))
-            ]
-            _write_outputs(tmp, run_jobs(convert_image, jobs, options.num_workers), report, options)
-    except FileExistsError:
-        raise
-    except ConversionError as err:
-        if stuff_cache is None:
-            raise
-        raise ConversionError(f"{err} (the stuff maps stay in {stuff_cache} for the next run)") from err
-    except OSError as err:  # the output cannot be written (permissions, full disk, ...)
-        where = err.filename or out_dir
-        raise ConversionError(f"--out {out_dir}: cannot write {where} ({err.strerror or err})") from err
+    jobs = [
+        ImageJob(
+            image_id=index + 1,
+            record=images[key],
+            path=pictures.paths[key],
+            name=pictures.names[key],
+            split=split_of[key],
+            out_root=out_dir,  # replaced by the temporary folder in `_build_folder`
+            categories=refs,
+            overlap=options.overlap,
+            keep_crowd=options.keep_crowd,
+            stuff_cache=stuff_cache,
+            stuff_map_categories=stuff_map_categories,
+        )
+        for index, key in enumerate(sorted(pictures.paths))
+    ]
+    _build_folder(out_dir, jobs, report, options, stuff_cache)
     return report

@@ -22,12 +22,12 @@ import argparse
 import logging
 import signal
 import sys
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 from dataset_scripts.converter import ConversionOptions, convert_exports
 from dataset_scripts.cvat.records import ConversionError
+from dataset_scripts.interrupts import Interrupted, handle_signals
 from dataset_scripts.panoptic_format import PanopticFormatError
 from dataset_scripts.preview import distinct_colors
 
@@ -36,15 +36,6 @@ __all__ = ["ConversionOptions", "build_parser", "convert_exports", "distinct_col
 logger = logging.getLogger("cvat_to_panoptic")
 
 DEFAULT_STUFF_MODEL = "facebook/detr-resnet-50-panoptic"
-
-
-class Terminated(BaseException):
-    """Raised in the main thread by SIGTERM so that cleanup runs as for Ctrl-C."""
-
-
-def _on_sigterm(signum, frame) -> None:
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not interrupt the cleanup
-    raise Terminated
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -155,25 +146,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The ``cvat-to-panoptic`` command; returns the exit status (0, 2 bad input, 130/143 interrupted)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
     try:
-        report = convert_exports(args.cvat, args.out, _options(args))
+        with handle_signals():
+            report = convert_exports(args.cvat, args.out, _options(args))
     except (ConversionError, PanopticFormatError, FileExistsError) as err:
         logger.error("error: %s", str(err).replace("\n", " "))
         return 2
     except OSError as err:  # a file that vanished or could not be read mid-run
         logger.error("error: %s: %s", err.filename or "", err.strerror or err)
         return 2
-    except KeyboardInterrupt:
-        logger.error("error: interrupted: nothing written to %s", args.out)
-        return 130
-    except Terminated:
-        logger.error("error: terminated (SIGTERM): nothing written to %s", args.out)
-        return 143
-    finally:
-        if in_main_thread:
-            signal.signal(signal.SIGTERM, previous)
+    except (Interrupted, KeyboardInterrupt) as err:
+        signum = err.signum if isinstance(err, Interrupted) else signal.SIGINT
+        what = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
+        logger.error("error: %s: nothing written to %s", what, args.out)
+        return 128 + signum
     logger.info("%s", report.format_table())
     logger.info("wrote %s", args.out)
     return 0

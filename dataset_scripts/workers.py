@@ -23,6 +23,7 @@ from tqdm import tqdm
 logger = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 Job = TypeVar("Job")
 Result = TypeVar("Result")
 
@@ -42,6 +43,7 @@ def die_with_parent() -> None:
 def _init_worker(parent_pid: int | None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the parent's cleanup handler
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # blocked by `run_jobs` around the fork
     die_with_parent()
     # Forked workers are the converter's children: if it died before prctl took effect, stop.
     # (forkserver/spawn workers are children of a helper that dies with the converter.)
@@ -66,6 +68,14 @@ def run_jobs(
         max_workers=num_workers, mp_context=context, initializer=_init_worker, initargs=(parent_pid,)
     )
     try:
-        return list(tqdm(pool.map(function, jobs, chunksize=1), **progress))
+        # Workers are started by the submissions: block Ctrl-C/SIGTERM meanwhile, so that a worker
+        # never runs the parent's handlers and the parent never gets the signal inside CPython's
+        # at-fork callbacks (which swallow exceptions); a pending signal is delivered right after.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            results = pool.map(function, jobs, chunksize=1)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        return list(tqdm(results, **progress))
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

@@ -158,3 +158,27 @@ def test_only_stale_temporaries_of_this_output_are_removed(tmp_path):
         folder.mkdir()
     assert remove_stale_temporaries(tmp_path / "out") == [stale]
     assert not stale.exists() and live.exists() and other_host.exists() and other_output.exists()
+
+
+def test_a_swallowed_ctrl_c_still_stops_the_run_before_anything_is_committed(tmp_path, monkeypatch, caplog):
+    """CPython ignores exceptions raised in at-fork callbacks: the recorded signal is raised later."""
+    import contextlib
+
+    from dataset_scripts import converter
+    from dataset_scripts.interrupts import Interrupted
+    from tests.export_builders import run_cli
+
+    real_run_jobs = converter.run_jobs
+
+    def run_jobs_losing_the_interrupt(*args, **kwargs):
+        results = real_run_jobs(*args, **kwargs)
+        with contextlib.suppress(Interrupted):  # as when raised inside a callback that swallows it
+            signal.raise_signal(signal.SIGINT)
+        return results
+
+    monkeypatch.setattr(converter, "run_jobs", run_jobs_losing_the_interrupt)
+    export = _export(tmp_path / "export")
+    code, errors = run_cli(["--cvat", export, "--out", tmp_path / "out"], caplog)
+    assert code == 130 and errors == [f"error: interrupted: nothing written to {tmp_path / 'out'}"]
+    assert no_output_left(tmp_path, tmp_path / "out")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
