@@ -153,7 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.error("error: %s", str(err).replace("\n", " "))
         return 2
     except OSError as err:  # a file that vanished or could not be read mid-run
-        logger.error("error: %s: %s", err.filename or "", err.strerror or err)
+        where = f"{err.filename}: " if err.filename else ""
+        logger.error("error: %s%s", where, err.strerror or str(err).replace("\n", " "))
         return 2
     except (Interrupted, KeyboardInterrupt) as err:
         signum = err.signum if isinstance(err, Interrupted) else signal.SIGINT

@@ -231,6 +231,8 @@ def read_coco_file(json_path: Path, search_dirs: Sequence[Path]) -> Export:
         data = load_json(json_path)
     except PanopticFormatError as err:
         raise ConversionError(str(err)) from err
+    except OSError as err:  # a folder named like the file, a file that cannot be read
+        raise ConversionError(f"{json_path}: cannot read ({err.strerror or err})") from None
     except (RecursionError, ValueError) as err:  # absurd nesting, integers of thousands of digits
         raise ConversionError(f"{json_path}: malformed JSON ({type(err).__name__})") from None
     src = str(json_path)
