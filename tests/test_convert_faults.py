@@ -384,3 +384,22 @@ def test_error_after_the_stuff_model_says_the_maps_are_kept(tmp_path, monkeypatc
     export = one_image_coco(tmp_path / "export", [ann(1)])
     error = assert_refused(tmp_path, export, caplog, "out.stuff-cache", extra=["--stuff-from-model", "m"])
     assert error.endswith(f"(the stuff maps stay in {tmp_path / 'out.stuff-cache' / 'm'} for the next run)")
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "instances_default.json: cannot read"),  # a folder named like the file
+        ("[" * 100_000, "instances_default.json: malformed JSON (RecursionError)"),
+        ('{"images": [{"id": 1, "file_name": "a.jpg", "width": 1' + "0" * 5000 + "}]}", "malformed JSON"),
+    ],
+)
+def test_unreadable_annotation_files_are_one_line_errors(tmp_path, content, message, caplog):
+    export = tmp_path / "export"
+    path = export / "annotations" / "instances_default.json"
+    if content is None:
+        path.mkdir(parents=True)
+    else:
+        path.parent.mkdir(parents=True)
+        path.write_text(content)
+    assert_refused(tmp_path, export, caplog, message)
