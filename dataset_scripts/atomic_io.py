@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,6 +47,45 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = No
     atomic_write_bytes(path, json.dumps(obj, indent=indent, ensure_ascii=False).encode("utf-8"))
 
 
+def _owner_tag() -> str:
+    """``<host>-<pid>``: who builds a temporary folder (the next run removes it once that pid is gone)."""
+    host = re.sub(r"[^A-Za-z0-9_.]+", "_", socket.gethostname()) or "host"
+    return f"{host}-{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(final_dir: Path) -> list[Path]:
+    """Remove the temporary siblings of `final_dir` left by killed runs on this machine.
+
+    A folder ``.NAME.tmp-<host>-<pid>-*`` (or ``.old-``) is stale when ``host`` is this machine and
+    ``pid`` no longer exists; folders of live runs and of other machines are left alone.
+
+    Returns:
+        The removed folders.
+    """
+    pattern = re.compile(
+        rf"^\.{re.escape(final_dir.name)}\.(?:tmp|old)-(?P<host>.+)-(?P<pid>\d+)-[a-z0-9_]+$"
+    )
+    host = _owner_tag().rsplit("-", 1)[0]
+    removed = []
+    with contextlib.suppress(OSError):
+        for sibling in final_dir.parent.iterdir():
+            match = pattern.match(sibling.name)
+            if match and match["host"] == host and not _pid_alive(int(match["pid"])) and sibling.is_dir():
+                shutil.rmtree(sibling, ignore_errors=True)
+                removed.append(sibling)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_directory(final_dir: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Build a folder in a temporary sibling and move it to `final_dir` only on success.
@@ -57,13 +98,16 @@ def atomic_directory(final_dir: str | os.PathLike, overwrite: bool = False) -> I
     Yields:
         The temporary folder to write into. If the `with` body raises (or the process is
         killed), `final_dir` is left untouched and the temporary folder is removed (or, after
-        a kill, left as a hidden `.NAME.tmp-*` sibling that the next run ignores).
+        a kill, left as a hidden `.NAME.tmp-<host>-<pid>-*` sibling that the next run on the
+        same `final_dir` removes).
     """
     final_dir = Path(final_dir)
     if final_dir.exists() and not overwrite:
         raise FileExistsError(f"{final_dir} already exists; pass --overwrite to replace it")
     final_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.tmp-", dir=final_dir.parent))
+    remove_stale_temporaries(final_dir)
+    tag = _owner_tag()
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.tmp-{tag}-", dir=final_dir.parent))
     os.chmod(tmp_dir, _default_mode(directory=True))
     try:
         yield tmp_dir
@@ -72,7 +116,7 @@ def atomic_directory(final_dir: str | os.PathLike, overwrite: bool = False) -> I
         raise
     if final_dir.exists():
         # Move the old folder aside first so that there is never a moment without a complete one.
-        old = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.old-", dir=final_dir.parent))
+        old = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.old-{tag}-", dir=final_dir.parent))
         os.replace(final_dir, old / final_dir.name)
         os.replace(tmp_dir, final_dir)
         shutil.rmtree(old, ignore_errors=True)

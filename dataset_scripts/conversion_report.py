@@ -25,6 +25,7 @@ MISSING_IMAGE = "missing_image"
 UNUSED_LABEL = "unused_label"
 NOT_IN_VAL = "class_not_in_val"
 UNANNOTATED = "unannotated_image"
+RENAMED = "renamed_image"
 # Order of the printed warnings: problems of single annotations first, then images, then labels.
 DISPLAY_ORDER = (
     INVISIBLE,
@@ -36,6 +37,7 @@ DISPLAY_ORDER = (
     TAG,
     MISSING_IMAGE,
     UNANNOTATED,
+    RENAMED,
     NOT_IN_VAL,
     UNUSED_LABEL,
 )
@@ -107,6 +109,9 @@ class ConversionReport:
         splits: Images per split.
         warnings: Everything skipped or repaired.
         classes: Per-class statistics, keyed by category id.
+        renamed: Output file name of every picture written under another name than its path in
+            the export (folders flattened; ``cam1/0001.jpg`` -> ``cam1__0001.jpg`` when another
+            picture is also called ``0001``).
     """
 
     out_dir: str
@@ -115,6 +120,7 @@ class ConversionReport:
     splits: dict[str, int] = field(default_factory=dict)
     warnings: list[ReportWarning] = field(default_factory=list)
     classes: dict[int, ClassStats] = field(default_factory=dict)
+    renamed: dict[str, str] = field(default_factory=dict)
 
     def add_segments(self, image: str, segments_info: list[dict[str, Any]]) -> None:
         for seg in segments_info:
@@ -134,6 +140,7 @@ class ConversionReport:
             "classes": [self.classes[cat["id"]].summary() for cat in self.categories],
             "warning_counts": self.warning_counts(),
             "warnings": [asdict(w) for w in self.warnings],
+            "renamed_images": dict(sorted(self.renamed.items())),
         }
 
     def format_table(self, max_warnings: int = 20) -> str:

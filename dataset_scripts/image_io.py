@@ -10,11 +10,40 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageOps
 
 from dataset_scripts.cvat.records import ConversionError
 
 _EXIF_ORIENTATION = 0x0112
+# Grayscale modes deeper than 8 bits: PIL's convert("RGB") clips them to white/black.
+_HIGH_DEPTH_MODES = frozenset({"I", "F", "I;16", "I;16L", "I;16B", "I;16N"})
+
+
+def _high_depth_to_rgb(img: Image.Image, what: str) -> Image.Image:
+    """16-bit / 32-bit integer and float grayscale to 8-bit RGB, scaled (PIL's convert clips them).
+
+    ``I;16*`` and ``I`` pixels in [0, 65535] are 16-bit: ``v * 255 / 65535``, rounded. ``F`` pixels
+    in [0, 1] are scaled by 255. Other ranges have no agreed meaning and are refused.
+
+    Raises:
+        ConversionError: ``I`` pixels outside [0, 65535], ``F`` pixels outside [0, 1] or not finite.
+    """
+    pixels = np.asarray(img)
+    if img.mode == "F":
+        if not np.isfinite(pixels).all() or pixels.min(initial=0) < 0 or pixels.max(initial=0) > 1:
+            raise ConversionError(
+                f"{what}: 32-bit float pixels outside [0, 1]: cannot scale to 8 bits; save the picture as 8-bit"
+            )
+        scaled = np.rint(pixels.astype(np.float64) * 255)
+    else:
+        wide = pixels.astype(np.int64)
+        if wide.min(initial=0) < 0 or wide.max(initial=0) > 65535:
+            raise ConversionError(
+                f"{what}: {img.mode} pixels outside [0, 65535]: cannot scale to 8 bits; save the picture as 8-bit"
+            )
+        scaled = (wide * 255 + 32767) // 65535
+    return Image.fromarray(scaled.astype(np.uint8), mode="L").convert("RGB")
 
 
 def load_upright_rgb(
@@ -30,9 +59,11 @@ def load_upright_rgb(
     Returns:
         The upright RGB picture (fully decoded) and whether it differs from the file's pixels
         (rotated or converted from grayscale/RGBA/CMYK/palette), i.e. whether it must be re-encoded.
+        16-bit and float grayscale pictures are scaled to 8 bits (see `_high_depth_to_rgb`).
 
     Raises:
-        ConversionError: the file cannot be decoded, or its upright size differs from the export's.
+        ConversionError: the file cannot be decoded (or is a decompression bomb), its pixel values
+            cannot be scaled to 8 bits, or its upright size differs from the export's.
     """
     what = f"{path}" + (f" (image id {image_id})" if image_id else "")
     try:
@@ -41,12 +72,22 @@ def load_upright_rgb(
             img.load()  # decode now so that a truncated file fails here, naming the file
             upright = ImageOps.exif_transpose(img)
             changed = orientation not in (0, 1)
-            if upright.mode != "RGB":
+            if upright.mode in _HIGH_DEPTH_MODES:
+                upright = _high_depth_to_rgb(upright, what)
+                changed = True
+            elif upright.mode != "RGB":
                 upright = upright.convert("RGB")
                 changed = True
             elif upright is img:
                 upright = img.copy()
-    except (OSError, SyntaxError, ValueError) as err:  # PIL's errors for unreadable/corrupt files
+    except ConversionError:
+        raise
+    except (
+        OSError,
+        SyntaxError,
+        ValueError,
+        Image.DecompressionBombError,
+    ) as err:  # unreadable/corrupt files
         raise ConversionError(f"{what}: cannot decode image ({err})") from err
     if expected_size is not None and upright.size != tuple(expected_size):
         raise ConversionError(

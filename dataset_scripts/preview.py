@@ -202,7 +202,19 @@ def draw_panoptic_overlay(
 
     by_id = {int(seg["id"]): seg for seg in segments if int(seg["id"]) != VOID_ID}
     present = {int(i) for i in np.unique(ids)} & set(by_id)
+    canvas = _colour_overlay(photo, ids, segments, present, alpha)
+    entries = _legend_entries(segments, present)
+    if not entries:
+        return canvas
+    canvas = _draw_thing_labels(canvas, ids, segments, present)
+    return _add_legend(canvas, entries)
 
+
+def _colour_overlay(
+    photo: np.ndarray, ids: np.ndarray, segments: Sequence[dict[str, Any]], present: set[int], alpha: float
+) -> Image.Image:
+    """The photo with every present segment blended in its colour and outlined."""
+    height, width = photo.shape[:2]
     # Colour look-up table over the ids present: blended colour + outline colour per id.
     unique, inverse = np.unique(ids, return_inverse=True)
     inverse = inverse.reshape(ids.shape)
@@ -221,13 +233,14 @@ def draw_panoptic_overlay(
     thickness = max(1, round(min(height, width) / 240))
     edge = _outline(ids, thickness) & paint
     out[edge] = colors[inverse][edge]
-    canvas = Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8), mode="RGB")
+    return Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8), mode="RGB")
 
-    entries = _legend_entries(segments, present)
-    if not entries:
-        return canvas
 
-    # Thing labels: white text on a translucent dark box at the segment's innermost pixel.
+def _draw_thing_labels(
+    canvas: Image.Image, ids: np.ndarray, segments: Sequence[dict[str, Any]], present: set[int]
+) -> Image.Image:
+    """Thing names: white text on a translucent dark box at the segment's innermost pixel."""
+    width, height = canvas.size
     label_size = max(10, round(min(height, width) / 28))
     font = _font(label_size)
     layer = Image.new("RGBA", canvas.size, (0, 0, 0, 0))
@@ -250,9 +263,12 @@ def draw_panoptic_overlay(
         texts.append(((x + dx, y + dy), text))
     for xy, text in texts:
         draw.text(xy, text, font=font, fill=(*LABEL_TEXT, 255), anchor="mm")
-    canvas = Image.alpha_composite(canvas.convert("RGBA"), layer).convert("RGB")
+    return Image.alpha_composite(canvas.convert("RGBA"), layer).convert("RGB")
 
-    # Legend strip under the photo.
+
+def _add_legend(canvas: Image.Image, entries: list[tuple[str, tuple]]) -> Image.Image:
+    """The canvas with the legend strip (one swatch + name per class) below it."""
+    width, height = canvas.size
     legend_size = max(11, round(width / 60))
     placed, legend_height = _layout_legend(entries, width, legend_size)
     result = Image.new("RGB", (width, height + legend_height), LEGEND_BACKGROUND)

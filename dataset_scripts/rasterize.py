@@ -15,7 +15,9 @@ COCO exports) ``overlap="area"`` lets the smaller region win (it is painted last
 reported. Areas and boxes are computed from the final id map, never taken from the export.
 
 Masks are rasterised into a patch around each shape (pycocotools for polygons and COCO RLE,
-numpy for CVAT's RLE), so that large photos with many small shapes stay fast.
+numpy for CVAT's RLE), so that large photos with many small shapes stay fast. The work and memory
+per shape are bounded by the image size, never by the coordinates: polygons are clipped to the
+image (plus a margin) before pycocotools sees them, CVAT masks are decoded only inside the image.
 """
 
 from __future__ import annotations
@@ -37,9 +39,17 @@ from dataset_scripts.conversion_report import (
     UNSUPPORTED,
     ReportWarning,
 )
-from dataset_scripts.cvat.records import MASK_KINDS, Shape
+from dataset_scripts.cvat.coco import decode_rle_string
+from dataset_scripts.cvat.records import MASK_KINDS, ConversionError, Shape
 from dataset_scripts.cvat.xml import decode_cvat_rle
 from dataset_scripts.panoptic_format import segment_stats
+from dataset_scripts.polygon_clip import clip_polygon, outline_length
+
+# Polygons are clipped to the image expanded by this many image sizes on every side: parts inside
+# are rasterised exactly as given; farther vertices (absurd coordinates) are moved onto the border.
+CLIP_MARGIN = 1
+# pycocotools walks a polygon's outline in 1/5 pixels with ~16 bytes per step: 10M pixels ~ 0.8 GB.
+MAX_OUTLINE = 10_000_000
 
 
 @dataclass(frozen=True)
@@ -82,7 +92,9 @@ def _warn(shape: Shape, image: str, code: str, message: str) -> ReportWarning:
     return ReportWarning(code, shape.source, image, shape.annotation_id, message)
 
 
-def _polygon_patch(shape: Shape, height: int, width: int, image: str, warnings: list) -> MaskPatch | None:
+def _polygon_parts(shape: Shape, height: int, width: int, image: str, warnings: list) -> list[np.ndarray]:
+    """The shape's valid parts as ``(n, 2)`` arrays, clipped to the image plus `CLIP_MARGIN`."""
+    margin = CLIP_MARGIN * max(height, width)
     parts = []
     for index, part in enumerate(shape.polygons):
         if len(part) < 6 or len(part) % 2:
@@ -95,36 +107,53 @@ def _polygon_patch(shape: Shape, height: int, width: int, image: str, warnings: 
                 )
             )
             continue
-        parts.append(np.asarray(part, dtype=np.float64))
-    if not parts:
+        points = np.asarray(part, dtype=np.float64).reshape(-1, 2)
+        if not np.isfinite(points).all():
+            raise ConversionError(
+                f"{shape.source}: image {image}, annotation {shape.annotation_id}: polygon has a non-finite coordinate"
+            )
+        clipped = clip_polygon(points, -margin, -margin, width + margin, height + margin)
+        if len(clipped) >= 3:
+            parts.append(clipped)
+    if sum(outline_length(p) for p in parts) > MAX_OUTLINE:
+        raise ConversionError(
+            f"{shape.source}: image {image}, annotation {shape.annotation_id}: polygon outline longer than "
+            f"{MAX_OUTLINE:,} pixels inside the image: refused"
+        )
+    return parts
+
+
+def _polygon_patch(shape: Shape, height: int, width: int, image: str, warnings: list) -> MaskPatch | None:
+    valid = [p for p in shape.polygons if len(p) >= 6 and len(p) % 2 == 0]
+    parts = _polygon_parts(shape, height, width, image, warnings)
+    if not valid:
         return None
-    xs = np.concatenate([p[0::2] for p in parts])
-    ys = np.concatenate([p[1::2] for p in parts])
-    if xs.min() < 0 or ys.min() < 0 or xs.max() > width or ys.max() > height:
+    raw = np.concatenate([np.asarray(p, dtype=np.float64).reshape(-1, 2) for p in valid])
+    low, high = raw.min(axis=0), raw.max(axis=0)
+    if low.min() < 0 or high[0] > width or high[1] > height:
         warnings.append(
             _warn(
                 shape,
                 image,
                 OUT_OF_BOUNDS,
-                f"polygon reaches ({xs.min():.1f}, {ys.min():.1f})-({xs.max():.1f}, {ys.max():.1f}) "
+                f"polygon reaches ({low[0]:.1f}, {low[1]:.1f})-({high[0]:.1f}, {high[1]:.1f}) "
                 f"outside the {width}x{height} image: clipped",
             )
         )
+    if not parts:
+        warnings.append(_warn(shape, image, EMPTY, "polygon lies entirely outside the image: skipped"))
+        return None
+    points = np.concatenate(parts)
     # Rasterise in a patch around the polygon: pycocotools' scan conversion is invariant to an
     # integer shift, so this equals rasterising in the full image, at a fraction of the cost.
-    left = max(0, math.floor(xs.min()))
-    top = max(0, math.floor(ys.min()))
-    right = min(width, math.ceil(xs.max()) + 1)
-    bottom = min(height, math.ceil(ys.max()) + 1)
+    left = max(0, math.floor(points[:, 0].min()))
+    top = max(0, math.floor(points[:, 1].min()))
+    right = min(width, math.ceil(points[:, 0].max()) + 1)
+    bottom = min(height, math.ceil(points[:, 1].max()) + 1)
     if right <= left or bottom <= top:
         warnings.append(_warn(shape, image, EMPTY, "polygon lies entirely outside the image: skipped"))
         return None
-    shifted = []
-    for part in parts:
-        moved = part.copy()
-        moved[0::2] -= left
-        moved[1::2] -= top
-        shifted.append(moved.tolist())
+    shifted = [(part - (left, top)).ravel().tolist() for part in parts]
     rles = mask_utils.frPyObjects(shifted, bottom - top, right - left)
     areas = mask_utils.area(rles)
     kept = []
@@ -139,23 +168,30 @@ def _polygon_patch(shape: Shape, height: int, width: int, image: str, warnings: 
     return MaskPatch(top, left, mask_utils.decode(merged).astype(bool))
 
 
-def _rle_patch(shape: Shape, height: int, width: int) -> MaskPatch:
+def _rle_patch(shape: Shape, height: int, width: int, image: str) -> MaskPatch:
     rle = dict(shape.rle or {})
-    # The reader checked that the RLE has the image's size (mismatch is a user error).
-    assert rle["size"] == [height, width], (rle["size"], height, width)
-    if isinstance(rle["counts"], list):
-        rle = mask_utils.frPyObjects(rle, height, width)
-    elif isinstance(rle["counts"], str):
-        rle["counts"] = rle["counts"].encode("ascii")
+    where = f"{shape.source}: image {image}, annotation {shape.annotation_id}"
+    counts = rle.get("counts")
+    if isinstance(counts, str):
+        counts = rle["counts"] = decode_rle_string(counts, where)
+    if rle.get("size") != [height, width] or not isinstance(counts, list) or sum(counts) != height * width:
+        # The COCO reader checks this; shapes built by other code get the same one-line error.
+        raise ConversionError(
+            f"{shape.source}: image {image}, annotation {shape.annotation_id}: RLE does not cover the "
+            f"{height}x{width} image exactly"
+        )
+    rle = mask_utils.frPyObjects(rle, height, width)
     x, y, w, h = (int(v) for v in mask_utils.toBbox(rle))
     full = mask_utils.decode(rle)
     return MaskPatch(y, x, full[y : y + h, x : x + w].astype(bool))
 
 
 def _cvat_mask_patch(shape: Shape, height: int, width: int, image: str, warnings: list) -> MaskPatch | None:
-    assert shape.mask_box is not None
+    if shape.mask_box is None:
+        raise ConversionError(
+            f"{shape.source}: image {image}, annotation {shape.annotation_id}: mask without a box"
+        )
     left, top, box_w, box_h = shape.mask_box
-    mask = decode_cvat_rle(shape.mask_counts, box_w, box_h)
     if left < 0 or top < 0 or left + box_w > width or top + box_h > height:
         warnings.append(
             _warn(
@@ -165,13 +201,18 @@ def _cvat_mask_patch(shape: Shape, height: int, width: int, image: str, warnings
                 f"mask box ({left}, {top}, {box_w}x{box_h}) exceeds the {width}x{height} image: clipped",
             )
         )
-        x0, y0 = max(0, -left), max(0, -top)
-        x1, y1 = min(box_w, width - left), min(box_h, height - top)
-        if x1 <= x0 or y1 <= y0:
-            return None
-        mask = mask[y0:y1, x0:x1]
-        left, top = left + x0, top + y0
-    return MaskPatch(top, left, mask)
+    # Decode only the part of the box inside the image: the work is bounded by the image size.
+    x0, y0 = max(0, -left), max(0, -top)
+    x1, y1 = min(box_w, width - left), min(box_h, height - top)
+    if x1 <= x0 or y1 <= y0:
+        return None
+    try:
+        mask = decode_cvat_rle(shape.mask_counts, box_w, box_h, (x0, y0, x1, y1))
+    except ValueError as err:
+        raise ConversionError(
+            f"{shape.source}: image {image}, annotation {shape.annotation_id}: {err}"
+        ) from None
+    return MaskPatch(top + y0, left + x0, mask)
 
 
 def shape_patch(shape: Shape, height: int, width: int, image: str = "") -> tuple[MaskPatch | None, list]:
@@ -191,11 +232,11 @@ def shape_patch(shape: Shape, height: int, width: int, image: str = "") -> tuple
     if shape.kind == "polygon":
         patch = _polygon_patch(shape, height, width, image, warnings)
     elif shape.kind == "rle":
-        patch = _rle_patch(shape, height, width)
+        patch = _rle_patch(shape, height, width, image)
     elif shape.kind == "mask":
         patch = _cvat_mask_patch(shape, height, width, image, warnings)
     else:
-        raise AssertionError(f"not a mask shape: {shape.kind}")
+        raise ValueError(f"not a mask shape: {shape.kind}")
     if patch is not None and patch.area == 0:
         patch = None
     if patch is None and not any(w.code in (EMPTY, DEGENERATE) for w in warnings):
@@ -209,6 +250,62 @@ def _skip_warning(shape: Shape, image: str) -> ReportWarning:
     if shape.kind == "tag":
         return _warn(shape, image, TAG, f"image-level tag '{shape.label}' has no mask: skipped")
     return _warn(shape, image, UNSUPPORTED, f"<{shape.detail}> of '{shape.label}' is not supported: skipped")
+
+
+@dataclass
+class _Segments:
+    """Provisional segments 1..n of one image: one per stuff category, one per thing shape."""
+
+    category: list[int] = field(default_factory=lambda: [0])
+    crowd: list[bool] = field(default_factory=lambda: [False])
+    shapes: list[list[Shape]] = field(default_factory=lambda: [[]])
+    stuff_index: dict[int, int] = field(default_factory=dict)
+
+    def thing(self, category_id: int, crowd: bool, shape: Shape) -> int:
+        self.category.append(category_id)
+        self.crowd.append(crowd)
+        self.shapes.append([shape])
+        return len(self.category) - 1
+
+    def stuff(self, category_id: int, shape: Shape | None = None) -> int:
+        if category_id not in self.stuff_index:  # all regions of a stuff class form one segment
+            self.stuff_index[category_id] = len(self.category)
+            self.category.append(category_id)
+            self.crowd.append(False)
+            self.shapes.append([])
+        index = self.stuff_index[category_id]
+        if shape is not None:
+            self.shapes[index].append(shape)
+        return index
+
+    def number(self, canvas: np.ndarray, image: str, warnings: list) -> tuple[np.ndarray, list[dict]]:
+        """Final ids 1..m for the visible segments, their ``segments_info``; invisible ones reported."""
+        visible = np.bincount(canvas.ravel(), minlength=len(self.category))
+        final = np.zeros(len(self.category), dtype=np.uint32)
+        next_id = 1
+        for index in range(1, len(self.category)):
+            if visible[index] > 0:
+                final[index] = next_id
+                next_id += 1
+            elif self.shapes[index]:
+                first = self.shapes[index][0]
+                ann_ids = ",".join(s.annotation_id for s in self.shapes[index])
+                message = f"'{first.label}' has no visible pixel left (covered by other segments): dropped"
+                warnings.append(ReportWarning(INVISIBLE, first.source, image, ann_ids, message))
+        ids = final[canvas]
+        stats = segment_stats(ids)
+        segments_info = [
+            {
+                "id": int(final[index]),
+                "category_id": self.category[index],
+                "iscrowd": int(self.crowd[index]),
+                "bbox": stats[int(final[index])].bbox,
+                "area": stats[int(final[index])].area,
+            }
+            for index in range(1, len(self.category))
+            if final[index]
+        ]
+        return ids, segments_info
 
 
 def rasterize_image(
@@ -243,28 +340,14 @@ def rasterize_image(
     if overlap not in ("area", "order"):
         raise ValueError(f"overlap must be 'area' or 'order', got {overlap!r}")
     warnings: list[ReportWarning] = []
-
-    # Provisional segments: index 1.. ; one per stuff category, one per thing shape.
-    seg_category: list[int] = [0]
-    seg_crowd: list[bool] = [False]
-    seg_shapes: list[list[Shape]] = [[]]
-    stuff_index: dict[int, int] = {}
-
-    def stuff_segment(category_id: int) -> int:
-        if category_id not in stuff_index:
-            stuff_index[category_id] = len(seg_category)
-            seg_category.append(category_id)
-            seg_crowd.append(False)
-            seg_shapes.append([])
-        return stuff_index[category_id]
-
+    segments = _Segments()
     lut_model = np.zeros(len(stuff_map_categories) + 1, dtype=np.int64)
     if stuff_map is not None:
         if stuff_map.shape != (height, width):
             raise ValueError(f"stuff map of shape {stuff_map.shape} for a {height}x{width} image")
         present = np.unique(stuff_map)
         for value in present[present >= 0].tolist():
-            lut_model[value + 1] = stuff_segment(stuff_map_categories[value])
+            lut_model[value + 1] = segments.stuff(stuff_map_categories[value])
 
     layers = []  # (sort key, provisional index, patch)
     for shape in shapes:
@@ -277,19 +360,15 @@ def rasterize_image(
             continue
         category = categories[shape.label]
         if category.isthing:
-            index = len(seg_category)
-            seg_category.append(category.id)
-            seg_crowd.append(keep_crowd and shape.iscrowd)
-            seg_shapes.append([shape])
+            index = segments.thing(category.id, keep_crowd and shape.iscrowd, shape)
         else:
-            index = stuff_segment(category.id)
-            seg_shapes[index].append(shape)
+            index = segments.stuff(category.id, shape)
         tie = -patch.area if overlap == "area" else 0
         key = (int(category.isthing), shape.z_order or 0, tie, shape.order)
         layers.append((key, index, patch))
     layers.sort(key=lambda item: item[0])
 
-    dtype = np.uint16 if len(seg_category) < 2**16 else np.uint32
+    dtype = np.uint16 if len(segments.category) < 2**16 else np.uint32
     if stuff_map is not None:
         canvas = lut_model.astype(dtype)[stuff_map.astype(np.int64) + 1]
     else:
@@ -297,40 +376,5 @@ def rasterize_image(
     for _, index, patch in layers:
         h, w = patch.mask.shape
         canvas[patch.top : patch.top + h, patch.left : patch.left + w][patch.mask] = index
-
-    visible = np.bincount(canvas.ravel(), minlength=len(seg_category))
-    final = np.zeros(len(seg_category), dtype=np.uint32)
-    next_id = 1
-    for index in range(1, len(seg_category)):
-        if visible[index] > 0:
-            final[index] = next_id
-            next_id += 1
-        elif seg_shapes[index]:
-            first = seg_shapes[index][0]
-            ann_ids = ",".join(s.annotation_id for s in seg_shapes[index])
-            warnings.append(
-                ReportWarning(
-                    INVISIBLE,
-                    first.source,
-                    image,
-                    ann_ids,
-                    f"'{first.label}' has no visible pixel left (covered by other segments): dropped",
-                )
-            )
-    ids = final[canvas]
-    stats = segment_stats(ids)
-    segments_info = []
-    for index in range(1, len(seg_category)):
-        if final[index] == 0:
-            continue
-        seg_id = int(final[index])
-        segments_info.append(
-            {
-                "id": seg_id,
-                "category_id": seg_category[index],
-                "iscrowd": int(seg_crowd[index]),
-                "bbox": stats[seg_id].bbox,
-                "area": stats[seg_id].area,
-            }
-        )
+    ids, segments_info = segments.number(canvas, image, warnings)
     return RasterResult(ids=ids, segments_info=segments_info, warnings=warnings)

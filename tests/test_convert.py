@@ -21,8 +21,9 @@ from dataset_scripts.conversion_report import (
 )
 from dataset_scripts.cvat.records import ConversionError
 from dataset_scripts.cvat_to_panoptic import ConversionOptions, convert_exports, distinct_colors, main
-from dataset_scripts.panoptic_format import load_panoptic_json, read_panoptic_png, segment_stats
+from dataset_scripts.panoptic_format import load_panoptic_json, read_panoptic_png
 from dataset_scripts.splits import assign_splits
+from tests.export_builders import check_panoptic_folder, no_output_left
 from tests.panoptic_checks import pq_against_itself
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -149,40 +150,9 @@ def _runs_of(mask: np.ndarray) -> list[int]:
     return ([0] + runs) if flat[0] == 1 else runs
 
 
-def check_panoptic_folder(out: Path) -> dict[str, dict]:
-    """Check interface 1 and its invariants; returns the JSON per split."""
-    docs = {}
-    for json_path in sorted((out / "annotations").glob("panoptic_*.json")):
-        split = json_path.stem[len("panoptic_") :]
-        doc = load_panoptic_json(json_path)
-        docs[split] = doc
-        cats = doc["categories"]
-        assert [c["id"] for c in cats] == list(range(1, len(cats) + 1))
-        assert len({tuple(c["color"]) for c in cats}) == len(cats)
-        assert all(c["isthing"] in (0, 1) and c["supercategory"] for c in cats)
-        images = {img["id"]: img for img in doc["images"]}
-        for ann in doc["annotations"]:
-            img = images[ann["image_id"]]
-            with Image.open(out / split / img["file_name"]) as picture:
-                assert picture.mode == "RGB" and picture.size == (img["width"], img["height"])
-            ids = read_panoptic_png(out / "annotations" / f"panoptic_{split}" / ann["file_name"])
-            assert ids.shape == (img["height"], img["width"])
-            stats = segment_stats(ids)
-            segs = {s["id"]: s for s in ann["segments_info"]}
-            assert len(segs) == len(ann["segments_info"])  # unique ids
-            assert set(stats) == set(segs)  # every id in the PNG is in the JSON and vice versa
-            for seg_id, seg in segs.items():
-                assert seg["area"] == stats[seg_id].area and seg["bbox"] == stats[seg_id].bbox
-    return docs
-
-
 def options(**kwargs) -> ConversionOptions:
     kwargs.setdefault("stuff_labels", ["road"])
     return ConversionOptions(**kwargs)
-
-
-def no_output_left(root: Path, out: Path) -> bool:
-    return not out.exists() and not list(root.glob(f".{out.name}.tmp-*"))
 
 
 # ----------------------------------------------------------------------------- the happy path
@@ -354,7 +324,7 @@ def _bad_rle_size(exports):
         (_truncate, r"b.jpg .*cannot decode image", 1),
         (_remove, r"instances_default.json: image 2 \(b.jpg\): image file not found", 1),
         (_bad_json, r"instances_default.json: malformed JSON", 1),
-        (_bad_rle_size, r"instances_default.json: annotation 20: RLE size 48x65", 1),
+        (_bad_rle_size, r"instances_default.json: image 2 \(b.jpg\), annotation 20: RLE size 48x65", 1),
     ],
 )
 def test_bad_input_is_a_clear_error_and_nothing_is_written(exports, damage, match, workers, caplog):

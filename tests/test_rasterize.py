@@ -231,3 +231,83 @@ def test_model_stuff_is_the_bottom_layer_and_merges_with_cvat_stuff():
 def test_stuff_map_of_the_wrong_size_is_rejected():
     with pytest.raises(ValueError, match="stuff map"):
         rasterize_image(H, W, [], CATS, stuff_map=np.zeros((H + 1, W), np.int16), stuff_map_categories=(4,))
+
+
+# ----------------------------------------------------------------------------- bounded work (issue 11)
+
+
+def _painted(patch) -> np.ndarray:
+    got = np.zeros((H, W), bool)
+    if patch is not None:
+        h, w = patch.mask.shape
+        got[patch.top : patch.top + h, patch.left : patch.left + w] = patch.mask
+    return got
+
+
+@pytest.mark.parametrize("far", [2e8, 1e12, 1e300])
+def test_far_vertices_are_clipped_to_the_same_pixels(far):
+    """Axis-aligned edges far outside: clipping moves them onto the margin, the image is unchanged."""
+    half_plane = poly("car", rect(7, -far, far, far))
+    patch, warnings = shape_patch(half_plane, H, W)
+    np.testing.assert_array_equal(_painted(patch), full_image_polygon([rect(7, -5, W + 5, H + 5)], H, W))
+    assert [w.code for w in warnings] == [OUT_OF_BOUNDS]
+    everything, _ = shape_patch(poly("car", rect(-far, -far, far, far)), H, W)
+    assert _painted(everything).all()
+
+
+def test_polygons_within_the_margin_are_not_clipped():
+    """The clip margin is one image size: moderately outside polygons are rasterised as given."""
+    from dataset_scripts.polygon_clip import clip_polygon
+
+    rng = np.random.default_rng(1)
+    for _ in range(50):
+        points = np.stack([rng.uniform(-W, 2 * W, 7), rng.uniform(-H, 2 * H, 7)], 1)
+        assert clip_polygon(points, -W, -W, 2 * W, H + W) is points
+
+
+def test_clipped_polygon_stays_inside_the_rectangle_and_keeps_its_inside_part():
+    from dataset_scripts.polygon_clip import clip_polygon
+
+    rng = np.random.default_rng(2)
+    for _ in range(100):
+        points = rng.uniform(-1e9, 1e9, (int(rng.integers(3, 9)), 2))
+        clipped = clip_polygon(points, -10.0, -20.0, 30.0, 40.0)
+        if len(clipped):
+            assert clipped[:, 0].min() >= -10 and clipped[:, 0].max() <= 30
+            assert clipped[:, 1].min() >= -20 and clipped[:, 1].max() <= 40
+    square = np.array([[0.0, 0.0], [100.0, 0.0], [100.0, 100.0], [0.0, 100.0]])
+    corners = sorted(map(tuple, clip_polygon(square, 10, 10, 20, 20).tolist()))
+    assert corners == [(10, 10), (10, 20), (20, 10), (20, 20)]
+    assert len(clip_polygon(square, 200, 200, 300, 300)) == 0
+
+
+def test_an_absurdly_long_outline_is_refused_not_allocated():
+    from dataset_scripts.cvat.records import ConversionError
+    from dataset_scripts.rasterize import MAX_OUTLINE
+
+    zigzag = np.zeros((MAX_OUTLINE // W + 10, 2))
+    zigzag[:, 0] = np.where(np.arange(len(zigzag)) % 2, -1e6, 1e6)  # every edge crosses the image
+    zigzag[:, 1] = np.linspace(0, H, len(zigzag))
+    shape = poly("car", tuple(zigzag.ravel().tolist()), ann="zig")
+    with pytest.raises(
+        ConversionError, match="a.json: image img.jpg, annotation zig: polygon outline longer"
+    ):
+        shape_patch(shape, H, W, image="img.jpg")
+
+
+def test_huge_cvat_mask_box_is_decoded_inside_the_image_only():
+    side = 200_000  # 4 * 10^10 pixels: decoding the whole box would need 40 GB
+    mask = Shape(
+        label="car",
+        kind="mask",
+        source="a.xml",
+        annotation_id="0/mask#0",
+        mask_box=(-10, -10, side, side),
+        mask_counts=(side * 12, side * side - side * 12),  # 12 empty rows, then all set
+        z_order=0,
+    )
+    patch, warnings = shape_patch(mask, H, W)
+    expected = np.zeros((H, W), bool)
+    expected[2:, :] = True
+    np.testing.assert_array_equal(_painted(patch), expected)
+    assert [w.code for w in warnings] == [OUT_OF_BOUNDS]

@@ -14,6 +14,8 @@ after reading (merging exports, rasterising, splitting, reporting) sees one mode
 
 from __future__ import annotations
 
+import os
+import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -90,21 +92,51 @@ class ImageRecord:
 
     @property
     def key(self) -> str:
-        """The output file name: the base name (images are merged across exports by it)."""
-        return Path(self.file_name).name
+        """The image's identity: its relative path inside the export, normalised.
+
+        Two pictures of one export with the same base name in different folders
+        (``cam1/0001.jpg``, ``cam2/0001.jpg``) are different images; images of several exports
+        are merged when their keys are equal.
+        """
+        return normalise_file_name(self.file_name)
 
     def resolve(self) -> Path | None:
         """The image file on disk, or ``None`` when no search folder holds it.
 
         Tries ``dir/file_name`` (nested paths as written) and then ``dir/<base name>`` in
-        every search folder.
+        every search folder. A candidate that leaves its search folder (``../x.jpg``, an
+        absolute name) is only accepted when it lies inside another search folder (e.g. one
+        named by ``--images``).
+
+        Raises:
+            ConversionError: the file exists only outside every search folder.
         """
         rel = Path(self.file_name)
+        roots = [Path(os.path.abspath(folder)) for folder in self.search_dirs]
+        outside = None
         for folder in self.search_dirs:
             for candidate in (folder / rel, folder / rel.name):
-                if candidate.is_file():
+                if not candidate.is_file():
+                    continue
+                if any(_is_within(candidate, root) for root in roots):
                     return candidate
+                outside = outside or candidate
+        if outside is not None:
+            raise ConversionError(
+                f"{self.source}: image {self.image_id} ({self.file_name}): the picture {outside} is outside "
+                "the export folder: refused (pass --images with its folder to allow it)"
+            )
         return None
+
+
+def normalise_file_name(file_name: str) -> str:
+    """A picture name as a normalised POSIX relative path (``./a\\b.jpg`` -> ``a/b.jpg``)."""
+    return posixpath.normpath(file_name.replace("\\", "/"))
+
+
+def _is_within(path: Path, root: Path) -> bool:
+    """Whether ``path`` (made absolute, ``..`` removed lexically) lies inside ``root``."""
+    return Path(os.path.abspath(path)).is_relative_to(root)
 
 
 @dataclass

@@ -15,6 +15,7 @@ Every shape keeps its ``z_order`` (higher on top) and ``occluded`` flag. Picture
 
 from __future__ import annotations
 
+import math
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,34 +27,45 @@ from dataset_scripts.cvat.records import ConversionError, Export, ImageRecord, S
 _SKIPPED_ELEMENTS = {"attribute"}
 
 
-def decode_cvat_rle(counts: Sequence[int], width: int, height: int) -> np.ndarray:
-    """Decode CVAT's mask RLE.
+def decode_cvat_rle(
+    counts: Sequence[int],
+    width: int,
+    height: int,
+    window: tuple[int, int, int, int] | None = None,
+) -> np.ndarray:
+    """Decode CVAT's mask RLE, optionally only a window of the box.
 
     Args:
         counts: Run lengths, alternating 0s and 1s, starting with 0s (possibly an empty run).
         width: Box width.
         height: Box height.
+        window: ``(x0, y0, x1, y1)`` part of the box to decode (default: all of it). The work
+            and memory are proportional to the window, never to the box, so a huge box that
+            only overlaps the image a little costs little.
 
     Returns:
-        ``(height, width)`` bool array, row-major as CVAT writes it.
+        ``(y1 - y0, x1 - x0)`` bool array, row-major as CVAT writes it.
 
     Raises:
         ValueError: the runs do not cover exactly ``width * height`` pixels.
     """
     runs = np.asarray(counts, dtype=np.int64)
-    if runs.sum() != width * height:
+    if len(runs) and runs.min() < 0 or int(runs.sum()) != width * height:
         raise ValueError(f"run lengths sum to {int(runs.sum())}, box has {width * height} pixels")
-    values = np.zeros(len(runs), dtype=bool)
-    values[1::2] = True
-    return np.repeat(values, runs).reshape(height, width)
+    x0, y0, x1, y1 = window if window is not None else (0, 0, width, height)
+    ends = np.cumsum(runs)
+    rows = np.arange(y0, y1, dtype=np.int64)[:, None] * width
+    positions = rows + np.arange(x0, x1, dtype=np.int64)[None, :]
+    # Run index of each pixel; odd runs are foreground.
+    return (np.searchsorted(ends, positions, side="right") % 2).astype(bool)
 
 
 def _int_attr(elem: ET.Element, name: str, where: str) -> int:
     value = elem.get(name)
     try:
         return int(round(float(value)))  # CVAT writes integers; tolerate "12.0"
-    except (TypeError, ValueError):
-        raise ConversionError(f"{where}: attribute {name}={value!r} is not a number") from None
+    except (TypeError, ValueError, OverflowError):
+        raise ConversionError(f"{where}: attribute {name}={value!r} is not a finite number") from None
 
 
 def _parse_points(text: str | None, where: str) -> tuple[float, ...]:
@@ -66,6 +78,8 @@ def _parse_points(text: str | None, where: str) -> tuple[float, ...]:
             coords += [float(x), float(y)]
     except ValueError:
         raise ConversionError(f"{where}: malformed points {text[:60]!r}") from None
+    if not all(math.isfinite(v) for v in coords):
+        raise ConversionError(f"{where}: points have a non-finite coordinate (NaN or infinity)")
     return tuple(coords)
 
 
@@ -87,6 +101,8 @@ def _parse_shape(elem: ET.Element, index: int, image: ImageRecord, src: str, ord
         return Shape(kind="polygon", polygons=(_parse_points(elem.get("points"), where),), **common)
     if elem.tag == "mask":
         box = tuple(_int_attr(elem, k, where) for k in ("left", "top", "width", "height"))
+        if box[2] <= 0 or box[3] <= 0:
+            raise ConversionError(f"{where}: mask box {box[2]}x{box[3]} has a non-positive size")
         try:
             counts = tuple(int(v) for v in (elem.get("rle") or "").split(","))
         except ValueError:
@@ -105,11 +121,27 @@ def _parse_shape(elem: ET.Element, index: int, image: ImageRecord, src: str, ord
     return Shape(kind="unsupported", detail=elem.tag, **common)
 
 
+def _check_unique(
+    record: ImageRecord, by_id: dict[str, ImageRecord], by_key: dict[str, ImageRecord], where: str
+) -> None:
+    """Refuse a second ``<image>`` with the same id or naming the same picture."""
+    if record.image_id in by_id:
+        other = by_id[record.image_id]
+        raise ConversionError(f"{where}: duplicate image id (also used by {other.file_name})")
+    if record.key in by_key:
+        other = by_key[record.key]
+        raise ConversionError(
+            f"{where}: same picture as image {other.image_id}: a picture must be listed once"
+        )
+    by_id[record.image_id] = by_key[record.key] = record
+
+
 def read_cvat_xml(xml_path: Path, extra_image_dirs: Sequence[Path] = ()) -> Export:
     """Read a CVAT for images 1.1 ``annotations.xml``.
 
     Raises:
-        ConversionError: malformed XML, missing image attributes, bad points or rle.
+        ConversionError: malformed XML, missing image attributes, duplicate image ids or
+            pictures, bad or non-finite points, bad rle or mask box.
     """
     src = str(xml_path)
     if not xml_path.is_file():
@@ -130,10 +162,12 @@ def read_cvat_xml(xml_path: Path, extra_image_dirs: Sequence[Path] = ()) -> Expo
 
     search_dirs = (xml_path.parent / "images", xml_path.parent, *extra_image_dirs)
     images: list[ImageRecord] = []
+    by_id: dict[str, ImageRecord] = {}
+    by_key: dict[str, ImageRecord] = {}
     order = 0
     for img in root.iterfind("image"):
         where = f"{src}: image {img.get('id')} ({img.get('name')})"
-        if img.get("name") is None or img.get("id") is None:
+        if not img.get("name") or img.get("id") is None:
             raise ConversionError(f"{where}: <image> needs 'id' and 'name'")
         record = ImageRecord(
             file_name=img.get("name", ""),
@@ -145,6 +179,7 @@ def read_cvat_xml(xml_path: Path, extra_image_dirs: Sequence[Path] = ()) -> Expo
         )
         if record.width <= 0 or record.height <= 0:
             raise ConversionError(f"{where}: non-positive size")
+        _check_unique(record, by_id, by_key, where)
         for index, elem in enumerate(e for e in img if e.tag not in _SKIPPED_ELEMENTS):
             shape = _parse_shape(elem, index, record, src, order)
             order += 1

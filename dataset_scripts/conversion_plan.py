@@ -1,0 +1,196 @@
+"""Decide what a conversion produces before any pixel is touched: categories, pictures, names, splits.
+
+Everything here is cheap and pure (it only looks files up): the orchestrator (`converter`) calls it,
+then hands one `conversion.ImageJob` per picture to the workers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from dataset_scripts.conversion_report import (
+    MISSING_IMAGE,
+    NOT_IN_VAL,
+    RENAMED,
+    UNANNOTATED,
+    UNUSED_LABEL,
+    ReportWarning,
+)
+from dataset_scripts.cvat.records import MASK_KINDS, ConversionError, Export, ImageRecord
+from dataset_scripts.preview import distinct_colors
+from dataset_scripts.splits import assign_splits
+
+
+def build_categories(
+    exports: Sequence[Export],
+    images: dict[str, ImageRecord],
+    stuff_labels: Sequence[str],
+    model_stuff: Sequence[str],
+) -> tuple[list[dict[str, Any]], list[ReportWarning]]:
+    """The output categories: ids 1..K, things (by name) then stuff (by name).
+
+    Things are the labels with at least one mask-carrying shape that are not stuff; stuff is every
+    ``--stuff-labels`` label plus the model's stuff classes. Labels with no mask (tags, box-only
+    labels, unused ones) are reported and get no category.
+
+    Raises:
+        ConversionError: a stuff label that no export declares, or a model stuff class that is a
+            CVAT thing label.
+    """
+    known: list[str] = []
+    declared_in: dict[str, str] = {}
+    supercategory: dict[str, str] = {}
+    for export in exports:
+        for label in export.labels:
+            if label not in declared_in:
+                known.append(label)
+                declared_in[label] = export.source
+        for label, sup in export.label_supercategories.items():
+            supercategory.setdefault(label, sup)
+    unknown = [label for label in stuff_labels if label not in declared_in]
+    if unknown:
+        raise ConversionError(
+            f"--stuff-labels: unknown label(s) {', '.join(map(repr, unknown))}; known labels: "
+            + ", ".join(map(repr, known))
+        )
+    with_masks = {
+        shape.label for image in images.values() for shape in image.shapes if shape.kind in MASK_KINDS
+    }
+    stuff = set(stuff_labels) | set(model_stuff)
+    clash = sorted((with_masks - set(stuff_labels)) & set(model_stuff))
+    if clash:
+        raise ConversionError(
+            f"label(s) {', '.join(map(repr, clash))} are CVAT things and also stuff classes of the model; "
+            "name them in --stuff-labels or rename them"
+        )
+    things = sorted(with_masks - stuff)
+    warnings = [
+        ReportWarning(
+            UNUSED_LABEL, declared_in[label], "", "", f"label '{label}' has no mask annotation: no category"
+        )
+        for label in known
+        if label not in with_masks and label not in stuff
+    ]
+    names = [(name, True) for name in things] + [(name, False) for name in sorted(stuff)]
+    colors = distinct_colors(len(names))
+    categories = [
+        {
+            "id": index + 1,
+            "name": name,
+            "isthing": int(isthing),
+            "color": colors[index],
+            "supercategory": supercategory.get(name, "thing" if isthing else "stuff"),
+        }
+        for index, (name, isthing) in enumerate(names)
+    ]
+    return categories, warnings
+
+
+def _flat_name(key: str) -> str:
+    """``cam1/0001.jpg`` -> ``cam1__0001.jpg`` (``..`` and the root dropped)."""
+    parts = [part for part in PurePosixPath(key).parts if part not in ("/", "..", ".")]
+    return "__".join(parts) or "image"
+
+
+def output_names(keys: Sequence[str]) -> dict[str, str]:
+    """A unique flat output file name per image key.
+
+    The base name when no other picture has the same stem (so the output and the stuff cache keys
+    are unchanged for ordinary exports), else the folders joined with ``__``, and a ``-N`` suffix
+    if that is still taken. Stems are compared case-insensitively because the panoptic PNG is
+    named ``<stem>.png`` and file systems may ignore case.
+    """
+    stems: dict[str, int] = {}
+    for key in keys:
+        stem = PurePosixPath(key).stem.casefold()
+        stems[stem] = stems.get(stem, 0) + 1
+    names: dict[str, str] = {}
+    taken: set[str] = set()
+    for key in sorted(keys):
+        base = PurePosixPath(key).name
+        name = base if stems[PurePosixPath(key).stem.casefold()] == 1 else _flat_name(key)
+        stem, suffix = PurePosixPath(name).stem, PurePosixPath(name).suffix
+        number = 1
+        while PurePosixPath(name).stem.casefold() in taken:
+            number += 1
+            name = f"{stem}-{number}{suffix}"
+        taken.add(PurePosixPath(name).stem.casefold())
+        names[key] = name
+    return names
+
+
+@dataclass
+class PicturePlan:
+    """The pictures to convert: path and output name per image key, and what was skipped."""
+
+    paths: dict[str, Path] = field(default_factory=dict)
+    names: dict[str, str] = field(default_factory=dict)
+    warnings: list[ReportWarning] = field(default_factory=list)
+
+
+def plan_pictures(images: dict[str, ImageRecord], skip_missing: bool, need_masks: bool) -> PicturePlan:
+    """Resolve every picture file and give it a unique output name.
+
+    Args:
+        images: Merged images by key.
+        skip_missing: Report missing pictures instead of failing.
+        need_masks: Skip (and report) images without a mask annotation.
+
+    Raises:
+        ConversionError: a missing picture (unless ``skip_missing``), a picture outside the export,
+            or nothing left to convert.
+    """
+    plan = PicturePlan()
+    for key, record in sorted(images.items()):
+        path = record.resolve()
+        if path is None:
+            message = f"image file not found (looked in {', '.join(map(str, record.search_dirs))})"
+            if not skip_missing:
+                raise ConversionError(
+                    f"{record.source}: image {record.image_id} ({record.file_name}): {message}"
+                )
+            plan.warnings.append(ReportWarning(MISSING_IMAGE, record.source, key, "", message + ": skipped"))
+            continue
+        if need_masks and not any(s.kind in MASK_KINDS for s in record.shapes):
+            plan.warnings.append(
+                ReportWarning(UNANNOTATED, record.source, key, "", "no mask annotation: skipped")
+            )
+            continue
+        plan.paths[key] = path
+    if not plan.paths:
+        raise ConversionError("no image left to convert (all missing or without mask annotations)")
+    plan.names = output_names(list(plan.paths))
+    for key, name in plan.names.items():
+        if name != PurePosixPath(key).name:
+            record = images[key]
+            plan.warnings.append(
+                ReportWarning(
+                    RENAMED,
+                    record.source,
+                    key,
+                    "",
+                    f"another picture has the same name: written as {name}",
+                )
+            )
+    return plan
+
+
+def plan_splits(
+    image_classes: dict[str, set[str]], val_ratio: float, test_ratio: float, seed: int
+) -> tuple[dict[str, str], list[ReportWarning]]:
+    """Split per image key and the ``class_not_in_val`` warnings (see `splits.assign_splits`)."""
+    split_of = assign_splits(image_classes, val_ratio, test_ratio, seed)
+    counts: dict[str, int] = {}
+    for classes in image_classes.values():
+        for c in classes:
+            counts[c] = counts.get(c, 0) + 1
+    warnings = []
+    for split, ratio in (("val", val_ratio), ("test", test_ratio)):
+        present = {c for key, classes in image_classes.items() if split_of[key] == split for c in classes}
+        for label in sorted(c for c, n in counts.items() if ratio > 0 and n >= 2 and c not in present):
+            message = f"class '{label}' ({counts[label]} images) has no image in {split}"
+            warnings.append(ReportWarning(NOT_IN_VAL, "", "", "", message))
+    return split_of, warnings
