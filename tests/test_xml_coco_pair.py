@@ -201,11 +201,6 @@ def test_z_order_against_area_is_kept_by_xml_and_lost_by_coco(tmp_path):
     assert INVISIBLE not in group_by_code(reports["coco"].warnings)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="converter gap: the XML reader ignores group_id, so a grouped multi-part polygon becomes one "
-    "segment per part, while CVAT's COCO export (and the converter on it) makes it one segment",
-)
 def test_grouped_polygons_are_one_segment_in_both_formats(tmp_path):
     plan = ImagePlan(
         "site_excavator.jpg",

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -121,6 +122,33 @@ def _parse_shape(elem: ET.Element, index: int, image: ImageRecord, src: str, ord
     return Shape(kind="unsupported", detail=elem.tag, **common)
 
 
+def _merge_grouped_polygons(shapes: list[Shape], groups: Sequence[str | None]) -> list[Shape]:
+    """Join the polygons of one CVAT group (same ``group_id`` and label) into one multi-part shape.
+
+    CVAT's COCO export does the same (one annotation whose segmentation lists every part), so a
+    region drawn in several pieces is one segment whichever format it comes from. The joined shape
+    keeps the first part's id and order and the highest ``z_order`` of its parts.
+    """
+    merged: list[Shape] = []
+    first_of_group: dict[tuple[str, str], int] = {}
+    for shape, group in zip(shapes, groups, strict=True):
+        if shape.kind != "polygon" or group in (None, "", "0"):
+            merged.append(shape)
+            continue
+        key = (group, shape.label)
+        if key not in first_of_group:
+            first_of_group[key] = len(merged)
+            merged.append(shape)
+            continue
+        head = merged[first_of_group[key]]
+        merged[first_of_group[key]] = replace(
+            head,
+            polygons=head.polygons + shape.polygons,
+            z_order=max(head.z_order or 0, shape.z_order or 0),
+        )
+    return merged
+
+
 def _check_unique(
     record: ImageRecord, by_id: dict[str, ImageRecord], by_key: dict[str, ImageRecord], where: str
 ) -> None:
@@ -180,11 +208,14 @@ def read_cvat_xml(xml_path: Path, extra_image_dirs: Sequence[Path] = ()) -> Expo
         if record.width <= 0 or record.height <= 0:
             raise ConversionError(f"{where}: non-positive size")
         _check_unique(record, by_id, by_key, where)
+        groups: list[str | None] = []
         for index, elem in enumerate(e for e in img if e.tag not in _SKIPPED_ELEMENTS):
             shape = _parse_shape(elem, index, record, src, order)
             order += 1
             if shape.label not in labels:
                 labels.append(shape.label)
             record.shapes.append(shape)
+            groups.append(elem.get("group_id"))
+        record.shapes = _merge_grouped_polygons(record.shapes, groups)
         images.append(record)
     return Export(source=src, labels=labels, images=images)
