@@ -22,6 +22,7 @@ from dataset_scripts.conversion_report import (
 from dataset_scripts.cvat.records import ConversionError
 from dataset_scripts.cvat_to_panoptic import ConversionOptions, convert_exports, distinct_colors, main
 from dataset_scripts.panoptic_format import load_panoptic_json, read_panoptic_png
+from dataset_scripts.sample.rle import uncompressed_rle
 from dataset_scripts.splits import assign_splits
 from tests.export_builders import check_panoptic_folder, no_output_left
 from tests.panoptic_checks import pq_against_itself
@@ -80,7 +81,7 @@ def exports(tmp_path) -> dict[str, Path]:
     from pycocotools import mask as mask_utils
 
     runs = mask_utils.encode(np.asfortranarray(brush))
-    uncompressed = {"size": [H, W], "counts": [int(v) for v in _runs_of(brush)]}
+    uncompressed = uncompressed_rle(brush)
     assert (
         mask_utils.decode(mask_utils.frPyObjects(uncompressed, H, W)).sum()
         == brush.sum()
@@ -141,13 +142,6 @@ def exports(tmp_path) -> dict[str, Path]:
     )
     write_picture(xml / "images" / "e.jpg", seed=5)
     return {"coco": coco, "xml": xml, "root": tmp_path}
-
-
-def _runs_of(mask: np.ndarray) -> list[int]:
-    flat = mask.ravel(order="F").astype(np.int8)
-    change = np.flatnonzero(np.diff(flat)) + 1
-    runs = np.diff(np.concatenate([[0], change, [flat.size]])).tolist()
-    return ([0] + runs) if flat[0] == 1 else runs
 
 
 def options(**kwargs) -> ConversionOptions:

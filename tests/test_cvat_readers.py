@@ -14,17 +14,9 @@ from dataset_scripts.cvat.exports import merge_images, read_export
 from dataset_scripts.cvat.records import ConversionError
 from dataset_scripts.cvat.xml import decode_cvat_rle, read_cvat_xml
 from dataset_scripts.rasterize import CategoryRef, rasterize_image
+from dataset_scripts.sample.rle import cvat_mask_rle, uncompressed_rle
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
-
-
-def cvat_rle(mask: np.ndarray) -> list[int]:
-    """Encode a (h, w) bool mask as CVAT does: row-major runs, alternating 0/1, starting with 0."""
-    flat = mask.ravel().astype(np.int8)
-    change = np.flatnonzero(np.diff(flat)) + 1
-    bounds = np.concatenate([[0], change, [flat.size]])
-    runs = np.diff(bounds).tolist()
-    return ([0] + runs) if flat[0] == 1 else runs
 
 
 XML = """<?xml version="1.0" encoding="utf-8"?>
@@ -60,7 +52,7 @@ def road_mask() -> np.ndarray:
 
 def write_xml(tmp_path: Path, text: str | None = None) -> Path:
     path = tmp_path / "annotations.xml"
-    rle = ", ".join(map(str, cvat_rle(road_mask())))
+    rle = ", ".join(map(str, cvat_mask_rle(road_mask())))
     path.write_text(text if text is not None else XML.replace("{rle}", rle))
     return path
 
@@ -124,7 +116,7 @@ def test_decode_cvat_rle_is_row_major_and_starts_with_zeros():
     mask = decode_cvat_rle([1, 2, 3], width=3, height=2)
     np.testing.assert_array_equal(mask, [[0, 1, 1], [0, 0, 0]])
     np.testing.assert_array_equal(decode_cvat_rle([0, 2, 4], 3, 2), [[1, 1, 0], [0, 0, 0]])
-    np.testing.assert_array_equal(decode_cvat_rle(cvat_rle(road_mask()), 10, 5), road_mask())
+    np.testing.assert_array_equal(decode_cvat_rle(cvat_mask_rle(road_mask()), 10, 5), road_mask())
     with pytest.raises(ValueError, match="sum"):
         decode_cvat_rle([1, 2], 3, 2)
 
@@ -185,7 +177,7 @@ def test_xml_images_are_found_in_images_folder_with_nested_names(tmp_path):
     ],
 )
 def test_bad_xml_is_a_clear_error(tmp_path, edit, match):
-    rle = ", ".join(map(str, cvat_rle(road_mask())))
+    rle = ", ".join(map(str, cvat_mask_rle(road_mask())))
     path = write_xml(tmp_path, edit(XML.replace("{rle}", rle)))
     with pytest.raises(ConversionError, match=match) as info:
         read_cvat_xml(path)
@@ -209,9 +201,9 @@ def test_cvat_mask_and_coco_rle_rasterise_identically():
         annotation_id="0/mask#0",
         z_order=0,
         mask_box=(int(left), int(top), int(right - left), int(bottom - top)),
-        mask_counts=tuple(cvat_rle(box)),
+        mask_counts=tuple(cvat_mask_rle(box)),
     )
-    uncompressed = cvat_rle(full.T)  # COCO runs are column-major: the row-major runs of the transpose
+    uncompressed = uncompressed_rle(full)["counts"]
     coco_shape = Shape(
         label="car", kind="rle", source="c", annotation_id="1", rle={"size": [40, 50], "counts": uncompressed}
     )
