@@ -7,7 +7,7 @@ percentiles (p5/p50/p95, in pixels) of its segments.
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -169,10 +169,3 @@ class ConversionReport:
             lines.append(f"  ... {len(self.warnings) - max_warnings} more in report.json")
         return "\n".join(lines)
 
-
-def group_by_code(warnings: list[ReportWarning]) -> dict[str, list[ReportWarning]]:
-    """Warnings grouped by code (handy in tests and scripts)."""
-    groups: dict[str, list[ReportWarning]] = defaultdict(list)
-    for warning in warnings:
-        groups[warning.code].append(warning)
-    return dict(groups)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from dataset_scripts.conversion_report import ReportWarning
 from dataset_scripts.cvat_to_panoptic import main
 from dataset_scripts.panoptic_format import load_panoptic_json, read_panoptic_png, segment_stats
 
@@ -92,3 +94,11 @@ def check_panoptic_folder(out: Path) -> dict[str, dict]:
             for seg_id, seg in segs.items():
                 assert seg["area"] == stats[seg_id].area and seg["bbox"] == stats[seg_id].bbox
     return docs
+
+
+def group_by_code(warnings: list[ReportWarning]) -> dict[str, list[ReportWarning]]:
+    """The report's warnings grouped by code."""
+    groups: dict[str, list[ReportWarning]] = defaultdict(list)
+    for warning in warnings:
+        groups[warning.code].append(warning)
+    return dict(groups)

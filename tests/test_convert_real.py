@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dataset_scripts.conversion_report import BOX_ONLY, MISSING_IMAGE, TAG, group_by_code
+from dataset_scripts.conversion_report import BOX_ONLY, MISSING_IMAGE, TAG
 from dataset_scripts.cvat.records import ConversionError
 from dataset_scripts.cvat_to_panoptic import ConversionOptions, convert_exports
 from dataset_scripts.panoptic_format import load_panoptic_json, read_panoptic_png, segment_stats
+from tests.export_builders import group_by_code
 from tests.panoptic_checks import pq_against_itself
 
 pytestmark = [

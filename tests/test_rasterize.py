@@ -14,11 +14,11 @@ from dataset_scripts.conversion_report import (
     OUT_OF_BOUNDS,
     TAG,
     UNSUPPORTED,
-    group_by_code,
 )
 from dataset_scripts.cvat.records import Shape
 from dataset_scripts.panoptic_format import segment_stats
 from dataset_scripts.rasterize import CategoryRef, rasterize_image, shape_patch
+from tests.export_builders import group_by_code
 
 H, W = 48, 64
 CATS = {

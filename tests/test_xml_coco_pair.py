@@ -25,13 +25,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dataset_scripts.conversion_report import BOX_ONLY, INVISIBLE, group_by_code
+from dataset_scripts.conversion_report import BOX_ONLY, INVISIBLE
 from dataset_scripts.cvat_to_panoptic import ConversionOptions, convert_exports
 from dataset_scripts.panoptic_format import load_panoptic_json, read_panoptic_png
 from dataset_scripts.sample.export import write_dataset
 from dataset_scripts.sample.geometry import polygon_mask
 from dataset_scripts.sample.plans import ImagePlan
 from dataset_scripts.sample.scene import STUFF_LABELS, SceneOptions, render_scene
+from tests.export_builders import group_by_code
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
