@@ -30,6 +30,13 @@ def handmade(monkeypatch):
         return handmade_outputs(pixel_values, pixel_mask, self.config.num_queries, self.config.num_labels)
 
     monkeypatch.setattr(DetrForSegmentation, "forward", forward)
+    # The hand-made outputs replace the full forward, which the predictor then has to run.
+    real_init = predict.PanopticPredictor.__init__
+
+    def full_forward_init(self, *args, **kwargs):
+        real_init(self, *args, **{**kwargs, "full_forward": True})
+
+    monkeypatch.setattr(predict.PanopticPredictor, "__init__", full_forward_init)
 
 
 @pytest.fixture
