@@ -92,13 +92,21 @@ def collect_images(inputs: Iterable[str]) -> tuple[list[Path], list[tuple[str, s
 
 
 def output_stems(paths: Sequence[Path]) -> list[str]:
-    """A unique output name per image: the file stem, suffixed ``-2``, ``-3``... on collisions."""
-    seen: dict[str, int] = {}
+    """A unique output name per image: the file stem, suffixed ``-2``, ``-3``... on collisions.
+
+    Unique whatever the inputs: a suffixed name that another input already has (``x/a.jpg``, ``y/a.jpg``,
+    ``a-2.jpg``) is skipped, and names are compared case-insensitively (``A.jpg`` and ``a.png`` would
+    overwrite each other on macOS and Windows).
+    """
+    taken: set[str] = set()
     stems = []
     for path in paths:
-        count = seen.get(path.stem, 0) + 1
-        seen[path.stem] = count
-        stems.append(path.stem if count == 1 else f"{path.stem}-{count}")
+        stem, count = path.stem, 1
+        while stem.casefold() in taken:
+            count += 1
+            stem = f"{path.stem}-{count}"
+        taken.add(stem.casefold())
+        stems.append(stem)
     return stems
 
 
@@ -272,6 +280,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gt-json", default=None, help="dataset panoptic JSON giving image and category ids")
     parser.add_argument("--no-overlays", action="store_true", help="write only the PNGs and the JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--full-forward",
+        action="store_true",
+        help="run the mask head on every query, as transformers does (same result, slower; for comparison)",
+    )
     return parser
 
 
@@ -286,7 +299,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     try:
         predictor = PanopticPredictor.from_pretrained(
-            args.model, threshold=args.threshold, device=args.device, batch_size=args.batch_size
+            args.model,
+            threshold=args.threshold,
+            device=args.device,
+            batch_size=args.batch_size,
+            full_forward=args.full_forward,
         )
         summary = predict_images(
             paths,

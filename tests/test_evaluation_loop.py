@@ -88,6 +88,7 @@ def test_oracle_predictions_score_perfectly(sample_dataset):
         image_processor=processor,
         stuff_label_ids={i for i, c in enumerate(categories) if not c["isthing"]},
         threshold=0.5,
+        full_forward=True,  # the oracle replaces the whole forward
     )
     results = evaluate(model, loader, accelerator, context, panoptic=True)
     assert results["num_images"] == 4

@@ -93,6 +93,30 @@ def test_globs_and_duplicate_stems(tmp_path):
     assert predict.output_stems(paths) == ["same", "same-2"]
 
 
+@pytest.mark.parametrize(
+    "names",
+    [
+        ["x/a.jpg", "y/a.jpg", "a-2.jpg"],  # issue 11: the suffixed name is another input's stem
+        ["a-2.jpg", "x/a.jpg", "y/a.jpg"],
+        ["x/a.jpg", "y/a.jpg", "z/a.jpg", "a-2.jpg", "a-3.png", "A.png"],  # case-insensitive file systems
+    ],
+)
+def test_output_names_are_always_unique(names, tmp_path, checkpoint, handmade):
+    for name in names:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (32, 24)).save(tmp_path / name)
+    paths = [tmp_path / name for name in names]
+    stems = predict.output_stems(paths)
+    assert len({stem.casefold() for stem in stems}) == len(names)
+    out = tmp_path / "out"
+    assert predict.main([*map(str, paths), "--model", str(checkpoint), "--out", str(out), "--quiet"]) == 0
+    data = json.loads((out / "panoptic_predictions.json").read_text())
+    written = [ann["file_name"] for ann in data["annotations"]]
+    assert len(set(written)) == len(names)
+    assert sorted(p.name for p in (out / "panoptic_predictions").iterdir()) == sorted(written)
+    assert sorted(p.name for p in (out / "overlays").iterdir()) == sorted(written)
+
+
 def test_predictions_score_pq_1_against_matching_ground_truth(checkpoint, images, tmp_path, handmade):
     """The JSON + PNGs are what finetune.evaluation.panoptic_quality reads; ids come from --gt-json."""
     from finetune.evaluation.panoptic_quality import evaluate_folders
