@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -19,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import DetrForSegmentation, DetrImageProcessor
+from transformers import DetrForObjectDetection, DetrForSegmentation, DetrImageProcessor
 from transformers.models.detr.modeling_detr import DetrSegmentationOutput
 
 from dataset_scripts import stuff_model
@@ -35,6 +36,7 @@ from dataset_scripts.stuff_model import (
     map_panoptic_prediction,
     pseudo_label_stuff,
 )
+from finetune.inference import core as inference_core
 from tests.conftest import tiny_detr_config
 
 ID2LABEL = {
@@ -251,15 +253,16 @@ UPRIGHT_SHAPES = {"train/a.png": (40, 60), "train/b.png": (50, 30), "train/c:rot
 
 @pytest.fixture
 def forward_counter(monkeypatch):
-    """Counts forward passes of DetrForSegmentation (the real forward still runs)."""
+    """Counts forward passes of the model (the inference core runs `model.detr` once per batch, then the
+    mask head on the selected queries; the real forward still runs)."""
     calls = []
-    real_forward = DetrForSegmentation.forward
+    real_forward = DetrForObjectDetection.forward
 
     def spy(self, *args, **kwargs):
         calls.append(kwargs["pixel_values"].shape[0])
         return real_forward(self, *args, **kwargs)
 
-    monkeypatch.setattr(DetrForSegmentation, "forward", spy)
+    monkeypatch.setattr(DetrForObjectDetection, "forward", spy)
     return calls
 
 
@@ -347,6 +350,12 @@ def _controlled_forward(self, pixel_values, pixel_mask=None, **kwargs):
 @pytest.mark.parametrize("things", ["misc", None])
 def test_pseudo_label_stuff_maps_controlled_outputs(tmp_path, tiny_model_dir, images, monkeypatch, things):
     monkeypatch.setattr(DetrForSegmentation, "forward", _controlled_forward)
+    real_predict_batch = inference_core.predict_batch  # the hand-made outputs replace the full forward
+    monkeypatch.setattr(
+        inference_core,
+        "predict_batch",
+        lambda *args, **kwargs: real_predict_batch(*args, **{**kwargs, "full_forward": True}),
+    )
     path = _write_yaml(
         tmp_path,
         f"""
@@ -470,3 +479,59 @@ def test_model_identity_follows_folder_content(tmp_path, tiny_model_dir):
     assert (
         stuff_model.model_identity("facebook/detr-resnet-50-panoptic") == "facebook/detr-resnet-50-panoptic"
     )
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def confident_model_dir(tmp_path, tiny_model_dir) -> Path:
+    """The tiny model with a sharpened class head: confident, varied labels, hence non-void stuff maps."""
+    model = DetrForSegmentation.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        model.detr.class_labels_classifier.weight *= 100.0
+        model.detr.class_labels_classifier.bias[-1] = -100.0  # never "no object"
+    model.save_pretrained(tmp_path / "confident")
+    DetrImageProcessor.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "confident")
+    return tmp_path / "confident"
+
+
+def test_torchrun_two_processes_fill_the_same_cache_as_one(tmp_path, confident_model_dir, images, repo_root):
+    """`torchrun --nproc_per_node 2` (what `accelerate launch` starts) shards the pictures; the cache is the
+    one a single process writes (batch size 1: each picture's map does not depend on its batch)."""
+    folder = str(images[0][1].parent)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    options = [
+        "--model",
+        str(confident_model_dir),
+        "--device",
+        "cpu",
+        "--threshold",
+        "0.5",
+        "--batch-size",
+        "1",
+    ]
+    script = "dataset_scripts/stuff_model.py"
+    single = [sys.executable, script, folder, "--cache-dir", str(tmp_path / "one"), *options]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2"]
+    torchrun += ["--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
+    sharded = [*torchrun, script, folder, "--cache-dir", str(tmp_path / "two"), *options]
+    for command in (single, sharded):
+        done = subprocess.run(command, cwd=repo_root, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert "labelled by 2 processes (2, 1)" in done.stderr
+    keys = [key for key, _ in stuff_model.collect_images([Path(folder)])]
+    assert len(keys) == 3
+    labelled = 0
+    for key in keys:
+        one, two = load_stuff_map(tmp_path / "one", key), load_stuff_map(tmp_path / "two", key)
+        np.testing.assert_array_equal(one, two)
+        labelled += int((one >= 0).sum())
+    assert labelled > 0  # something to compare
+    listing = {p.name for p in (tmp_path / "one" / "maps").iterdir()}
+    assert listing == {p.name for p in (tmp_path / "two" / "maps").iterdir()} and len(listing) == 3
+    info = [json.loads((tmp_path / run / "cache_info.json").read_text()) for run in ("one", "two")]
+    assert info[0]["fingerprint"] == info[1]["fingerprint"]
