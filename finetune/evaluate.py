@@ -34,6 +34,7 @@ from dataset_scripts.atomic_io import atomic_directory, atomic_write_json
 from finetune.evaluation.box_map import BoxMapAccumulator
 from finetune.evaluation.panoptic_quality import PQAccumulator, results_to_json
 from finetune.evaluation.scoring import flat_results, update_box_map
+from finetune.inference.predictor import ModelLoadError, add_predictor_arguments, predictor_from_args
 
 logger = logging.getLogger("finetune.evaluate")
 
@@ -196,39 +197,21 @@ def evaluate_split(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Evaluate a checkpoint: PQ tables and box mAP.")
-    parser.add_argument("--model", required=True, help="checkpoint folder (output_dir/final) or Hub id")
+    add_predictor_arguments(parser)
     parser.add_argument("--dataset", required=True, help="COCO-panoptic folder or save_to_disk folder")
     parser.add_argument("--split", default="val")
-    parser.add_argument(
-        "--threshold", type=float, default=None, help="segment score threshold (default: the checkpoint's)"
-    )
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
     parser.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images")
     parser.add_argument("--cache-dir", default=None, help="datasets cache for a COCO-panoptic folder")
     parser.add_argument(
         "--save-predictions", default=None, help="write COCO-panoptic predictions to this folder"
     )
     parser.add_argument("--json-out", default=None, help="write the metrics to this JSON file")
-    parser.add_argument(
-        "--full-forward",
-        action="store_true",
-        help="run the mask head on every query, as transformers does (same result, slower; for comparison)",
-    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    from finetune.inference import ModelLoadError, PanopticPredictor
-
     try:
         split, categories = load_split(args.dataset, args.split, args.cache_dir)
-        predictor = PanopticPredictor.from_pretrained(
-            args.model,
-            threshold=args.threshold,
-            device=args.device,
-            batch_size=args.batch_size,
-            full_forward=args.full_forward,
-        )
+        predictor = predictor_from_args(args)
         results, pq, _ = evaluate_split(
             predictor,
             split,

@@ -50,6 +50,7 @@ from finetune.inference import (
     label_to_category,
     render_overlay,
 )
+from finetune.inference.predictor import add_predictor_arguments, predictor_from_args
 
 logger = logging.getLogger("predict")
 
@@ -270,21 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "images", nargs="+", help="image files, folders (searched recursively) or glob patterns"
     )
-    parser.add_argument("--model", required=True, help="checkpoint folder (output_dir/final) or Hub model id")
+    add_predictor_arguments(parser)
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument(
-        "--threshold", type=float, default=None, help="minimum query score (default: the checkpoint's)"
-    )
-    parser.add_argument("--batch-size", type=int, default=4, help="images per forward pass")
-    parser.add_argument("--device", default=None, help="cuda, cpu... (default: cuda when available)")
     parser.add_argument("--gt-json", default=None, help="dataset panoptic JSON giving image and category ids")
     parser.add_argument("--no-overlays", action="store_true", help="write only the PNGs and the JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument(
-        "--full-forward",
-        action="store_true",
-        help="run the mask head on every query, as transformers does (same result, slower; for comparison)",
-    )
     return parser
 
 
@@ -298,13 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.error("no image to process")
         return 1
     try:
-        predictor = PanopticPredictor.from_pretrained(
-            args.model,
-            threshold=args.threshold,
-            device=args.device,
-            batch_size=args.batch_size,
-            full_forward=args.full_forward,
-        )
+        predictor = predictor_from_args(args)
         summary = predict_images(
             paths,
             predictor,

@@ -117,24 +117,16 @@ class StuffLabeller:
         from finetune.inference.core import PostProcessing
 
         self.processor, self.model = load_stuff_model(model_name_or_path, device)
-        self.mapping, self.device = mapping, device
+        self.mapping = mapping
         fuse = stuff_label_ids(self.model.config.id2label, mapping, model_name_or_path)
         # transformers' default mask thresholds, as DETR's panoptic demo uses them
         self.postprocessing = PostProcessing(threshold, 0.5, 0.8, fuse, resize_ids=True)
 
     def __call__(self, images: Sequence[Image.Image]) -> list[np.ndarray]:
         """One (H, W) int16 stuff map per upright picture (indices into ``mapping.stuff_names``, -1 void)."""
-        from finetune.inference.core import predict_batch
+        from finetune.inference.core import predict_images
 
-        inputs = self.processor(images=list(images), return_tensors="pt").to(self.device)
-        output = predict_batch(
-            self.model,
-            self.processor,
-            inputs["pixel_values"],
-            inputs.get("pixel_mask"),
-            [(image.height, image.width) for image in images],
-            self.postprocessing,
-        )
+        output = predict_images(self.model, self.processor, images, self.postprocessing)
         return [
             map_panoptic_prediction(p.ids, p.segments, self.model.config.id2label, self.mapping)
             for p in output.predictions

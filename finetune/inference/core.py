@@ -320,3 +320,24 @@ def predict_batch(
     ]
     boxes = None if outputs.pred_boxes is None else outputs.pred_boxes.float()
     return BatchOutput(logits=logits, pred_boxes=boxes, predictions=predictions, mask_queries=mask_queries)
+
+
+def predict_images(
+    model: Any, processor: Any, images: Sequence[Any], post: PostProcessing, full_forward: bool = False
+) -> BatchOutput:
+    """`predict_batch` on RGB PIL images: preprocessed together (one padded batch) on the model's device.
+
+    Returns:
+        As `predict_batch`, with each id map at its image's size.
+    """
+    device = next(model.parameters()).device
+    inputs = processor(images=list(images), return_tensors="pt").to(device)
+    return predict_batch(
+        model,
+        processor,
+        inputs["pixel_values"],
+        inputs.get("pixel_mask"),
+        [(image.height, image.width) for image in images],
+        post,
+        full_forward=full_forward,
+    )

@@ -17,6 +17,7 @@ Example::
 
 from __future__ import annotations
 
+import argparse
 import os
 from collections.abc import Sequence
 from dataclasses import replace
@@ -27,7 +28,7 @@ from PIL import Image
 
 from dataset_scripts.panoptic_format import segment_stats
 from dataset_scripts.preview import draw_panoptic_overlay
-from finetune.inference.core import BatchOutput, PanopticPrediction, PostProcessing, predict_batch
+from finetune.inference.core import BatchOutput, PanopticPrediction, PostProcessing, predict_images
 from finetune.inference.metadata import (
     category_ids,
     label_color,
@@ -162,15 +163,8 @@ class PanopticPredictor:
         """
         post = self.postprocessing if threshold is None else replace(self.postprocessing, threshold=threshold)
         images = [image.convert("RGB") for image in images]
-        inputs = self.image_processor(images=images, return_tensors="pt").to(self.device)
-        output = predict_batch(
-            self.model,
-            self.image_processor,
-            inputs["pixel_values"],
-            inputs.get("pixel_mask"),
-            [(image.height, image.width) for image in images],
-            post,
-            full_forward=self.full_forward,
+        output = predict_images(
+            self.model, self.image_processor, images, post, full_forward=self.full_forward
         )
         output.predictions = [self._describe(prediction) for prediction in output.predictions]
         return output
@@ -197,6 +191,43 @@ class PanopticPredictor:
                 }
             )
         return PanopticPrediction(ids=prediction.ids, segments=segments)
+
+
+def add_predictor_arguments(parser: argparse.ArgumentParser, batch_size: int | None = 4) -> None:
+    """The command-line options that choose and configure a `PanopticPredictor` (see `predictor_from_args`).
+
+    Args:
+        parser: The command's parser.
+        batch_size: Default of ``--batch-size``; None = no such option (one image at a time).
+    """
+    parser.add_argument("--model", required=True, help="checkpoint folder (output_dir/final) or Hub model id")
+    parser.add_argument(
+        "--threshold", type=float, default=None, help="minimum segment score (default: the checkpoint's)"
+    )
+    if batch_size is not None:
+        parser.add_argument("--batch-size", type=int, default=batch_size, help="images per forward pass")
+    parser.add_argument("--device", default=None, help="cuda, cpu... (default: cuda when available)")
+    parser.add_argument(
+        "--full-forward",
+        action="store_true",
+        help="run the mask head on every query, as transformers does (same result, slower; for comparison)",
+    )
+
+
+def predictor_from_args(args: argparse.Namespace) -> PanopticPredictor:
+    """The `PanopticPredictor` that `add_predictor_arguments`' options describe.
+
+    Raises:
+        ModelLoadError: the checkpoint cannot be loaded.
+        ValueError: a bad threshold or batch size.
+    """
+    return PanopticPredictor.from_pretrained(
+        args.model,
+        threshold=args.threshold,
+        device=args.device,
+        batch_size=getattr(args, "batch_size", 1),
+        full_forward=args.full_forward,
+    )
 
 
 def render_overlay(image: Image.Image, prediction: PanopticPrediction, alpha: float = 0.5) -> Image.Image:
