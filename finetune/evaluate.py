@@ -1,7 +1,7 @@
 """Evaluate a saved checkpoint on a dataset split: PQ / SQ / RQ (all, things, stuff, per class) and box mAP.
 
     python finetune/evaluate.py --model outputs/quickstart/final --dataset outputs/sample_panoptic \
-        [--split val] [--threshold T] [--batch-size 4] [--save-predictions DIR] [--json-out F]
+        [--split val] [--threshold T] [--batch-size 4] [--save-predictions DIR] [--json-out F] [--full-forward]
 
 ``--model``: a checkpoint folder (``output_dir/final``: config with ``stuff_label_ids``, weights,
 preprocessor) or a Hub id. ``--dataset``: a COCO-panoptic folder (built into a `datasets` cache
@@ -12,8 +12,9 @@ in its config), so a default run reproduces ``all_results.json``; model labels m
 categories with `finetune.inference.label_to_category` (saved category ids, checked by name).
 
 PQ uses the panoptic predictions of `finetune.inference.PanopticPredictor` (stuff fused, original
-size) against the dataset's panoptic PNGs; box mAP uses DETR's box head (all queries, threshold 0,
-as COCO ranks by score), like the evaluation during training. ``--save-predictions DIR`` writes
+size; the mask head runs on the queries above the threshold only, ``--full-forward`` runs it on all
+for comparison) against the dataset's panoptic PNGs; box mAP uses DETR's box head (all queries,
+threshold 0, as COCO ranks by score) from the same forward pass, like the evaluation during training. ``--save-predictions DIR`` writes
 ``DIR/panoptic_{split}.json`` + ``DIR/panoptic_{split}/*.png`` (COCO-panoptic), which
 ``python -m finetune.evaluation.panoptic_quality`` and other tools can score.
 """
@@ -159,6 +160,8 @@ def evaluate_split(
     """
     from finetune.predict import output_stems
 
+    if max_images is not None and max_images < 1:
+        raise ValueError(f"--max-images must be >= 1, got {max_images}")
     to_category = label_categories(predictor.model.config, categories)
     pq, boxes = PQAccumulator(categories), BoxMapAccumulator(categories)
     count = len(split) if max_images is None else min(max_images, len(split))

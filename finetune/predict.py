@@ -18,7 +18,12 @@ ground truth directly; without it, images are numbered 1..N in input order and c
 from ``config.category_ids`` when the checkpoint has them, else label id + 1. Category colours are
 the checkpoint's (the dataset's colours), else the converter's palette.
 
-``--threshold`` (and the mask thresholds) default to the checkpoint's evaluation settings.
+``--threshold`` (and the mask thresholds) default to the checkpoint's evaluation settings. The mask
+head runs only on the queries above the threshold (`finetune.inference.core`); ``--full-forward``
+runs it on every query, as transformers does, for comparison (same output, slower).
+
+Output names are the input file stems, made unique (``x/a.jpg``, ``y/a.jpg``, ``a-2.jpg`` ->
+``a``, ``a-2``, ``a-2-2``; compared case-insensitively), so no prediction overwrites another.
 
 Unreadable or corrupt images are reported (file name and reason) and skipped. Exit status: 0 when at
 least one image was processed, 1 when none could be (nothing found, or every file unreadable),
