@@ -1,4 +1,4 @@
-"""Tests of `finetune/inference.py` (PanopticPredictor) and of the `image-segmentation` pipeline.
+"""Tests of `finetune.inference` (PanopticPredictor) and of the `image-segmentation` pipeline.
 
 The checkpoint is a tiny random `DetrForSegmentation` saved like `train.py` saves `final/`. To test
 stuff fusion deterministically, the model's forward is replaced by hand-made outputs: two queries
