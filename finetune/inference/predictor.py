@@ -136,7 +136,7 @@ class PanopticPredictor:
                 "`hf auth login` for a private Hub repo"
             ) from err
         except OSError as err:  # a local path that is not a (readable) checkpoint folder
-            raise ModelLoadError(f"cannot load the checkpoint folder '{source}': {err}") from err
+            raise ModelLoadError(f"cannot load the checkpoint: {err}") from err
         return cls(model, processor, threshold=threshold, device=device, batch_size=batch_size, **kwargs)
 
     def predict(
