@@ -22,6 +22,7 @@ from typing import Any
 from PIL import Image
 
 from finetune.inference import ModelLoadError, PanopticPredictor, render_overlay
+from finetune.inference.predictor import add_predictor_arguments, predictor_from_args
 
 logger = logging.getLogger("demo")
 
@@ -83,13 +84,9 @@ def build_demo(predictor: PanopticPredictor, title: str = "detr-panoptic demo"):
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Gradio demo of a detr-panoptic checkpoint.")
-    parser.add_argument("--model", required=True, help="checkpoint folder (output_dir/final) or Hub model id")
+    add_predictor_arguments(parser, batch_size=None)
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 for your LAN)")
-    parser.add_argument(
-        "--threshold", type=float, default=None, help="initial score threshold (default: the checkpoint's)"
-    )
-    parser.add_argument("--device", default=None, help="cuda, cpu... (default: cuda when available)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -98,10 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.error("gradio is not installed: pip install -r requirements-demo.txt")
         return 2
     try:
-        predictor = PanopticPredictor.from_pretrained(
-            args.model, threshold=args.threshold, device=args.device, batch_size=1
-        )
-    except ModelLoadError as err:
+        predictor = predictor_from_args(args)
+    except (ModelLoadError, ValueError) as err:
         logger.error("%s", err)
         return 2
     demo = build_demo(predictor, title=f"detr-panoptic: {Path(str(args.model)).name}")

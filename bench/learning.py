@@ -58,6 +58,7 @@ from finetune.data import (
     category_to_label_map,
 )
 from finetune.evaluation.panoptic_quality import PQAccumulator
+from finetune.inference.core import PostProcessing, predict_batch
 from finetune.modeling.loading import load_model
 from finetune.modeling.stages import compute_stage_loss, param_groups
 
@@ -187,39 +188,25 @@ def train_stage(
 
 @torch.no_grad()
 def evaluate_pq(model, loader, hf_split, categories, processor, threshold: float) -> dict[str, Any]:
-    """Val PQ: DETR's panoptic post-processing (stuff fused), scored by `PQAccumulator`."""
+    """Val PQ: DETR's panoptic post-processing (stuff fused) through the inference core, `PQAccumulator`."""
     model.eval()
     accumulator = PQAccumulator(categories)
-    stuff = {i for i, c in enumerate(categories) if not c["isthing"]}
+    stuff = frozenset(i for i, c in enumerate(categories) if not c["isthing"])
+    # transformers' default mask thresholds (what this bench has always used)
+    post = PostProcessing(threshold, 0.5, 0.8, stuff)
     row_of = {int(image_id): i for i, image_id in enumerate(hf_split["image_id"])}
     for batch in loader:
-        outputs = model(pixel_values=batch["pixel_values"], pixel_mask=batch["pixel_mask"])
-        padded_h, padded_w = batch["pixel_values"].shape[-2:]
-        for i, target in enumerate(batch["labels"]):
+        sizes = [tuple(target["orig_size"].tolist()) for target in batch["labels"]]
+        output = predict_batch(model, processor, batch["pixel_values"], batch["pixel_mask"], sizes, post)
+        for target, prediction in zip(batch["labels"], output.predictions, strict=True):
             row = hf_split[row_of[int(target["image_id"])]]
-            valid_h, valid_w = target["size"].tolist()
-            mask_h, mask_w = outputs.pred_masks.shape[-2:]
-            # pred_masks cover the padded batch: keep this image's part before resizing it
-            crop_h = min(mask_h, math.ceil(valid_h * mask_h / padded_h))
-            crop_w = min(mask_w, math.ceil(valid_w * mask_w / padded_w))
-            single = type(outputs)(
-                logits=outputs.logits[i : i + 1],
-                pred_masks=outputs.pred_masks[i : i + 1, :, :crop_h, :crop_w],
-            )
-            (result,) = processor.post_process_panoptic_segmentation(
-                single,
-                threshold=threshold,
-                label_ids_to_fuse=stuff,
-                target_sizes=[tuple(target["orig_size"].tolist())],
-            )
-            pred_ids = result["segmentation"].to(torch.int64).clamp(min=0).numpy()
             pred_segments = [
-                {"id": int(s["id"]), "category_id": int(categories[int(s["label_id"])]["id"])}
-                for s in result["segments_info"]
+                {"id": s["id"], "category_id": int(categories[s["label_id"]]["id"])}
+                for s in prediction.segments
             ]
             gt_ids = rgb2id(np.asarray(row["panoptic"].convert("RGB")))
             accumulator.update(
-                pred_ids, pred_segments, gt_ids, list(row["segments_info"]), image_id=row["image_id"]
+                prediction.ids, pred_segments, gt_ids, list(row["segments_info"]), image_id=row["image_id"]
             )
     return accumulator.compute()
 

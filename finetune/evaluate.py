@@ -1,7 +1,7 @@
 """Evaluate a saved checkpoint on a dataset split: PQ / SQ / RQ (all, things, stuff, per class) and box mAP.
 
     python finetune/evaluate.py --model outputs/quickstart/final --dataset outputs/sample_panoptic \
-        [--split val] [--threshold T] [--batch-size 4] [--save-predictions DIR] [--json-out F]
+        [--split val] [--threshold T] [--batch-size 4] [--save-predictions DIR] [--json-out F] [--full-forward]
 
 ``--model``: a checkpoint folder (``output_dir/final``: config with ``stuff_label_ids``, weights,
 preprocessor) or a Hub id. ``--dataset``: a COCO-panoptic folder (built into a `datasets` cache
@@ -12,8 +12,9 @@ in its config), so a default run reproduces ``all_results.json``; model labels m
 categories with `finetune.inference.label_to_category` (saved category ids, checked by name).
 
 PQ uses the panoptic predictions of `finetune.inference.PanopticPredictor` (stuff fused, original
-size) against the dataset's panoptic PNGs; box mAP uses DETR's box head (all queries, threshold 0,
-as COCO ranks by score), like the evaluation during training. ``--save-predictions DIR`` writes
+size; the mask head runs on the queries above the threshold only, ``--full-forward`` runs it on all
+for comparison) against the dataset's panoptic PNGs; box mAP uses DETR's box head (all queries,
+threshold 0, as COCO ranks by score) from the same forward pass, like the evaluation during training. ``--save-predictions DIR`` writes
 ``DIR/panoptic_{split}.json`` + ``DIR/panoptic_{split}/*.png`` (COCO-panoptic), which
 ``python -m finetune.evaluation.panoptic_quality`` and other tools can score.
 """
@@ -22,7 +23,8 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,8 @@ from tqdm import tqdm
 from dataset_scripts.atomic_io import atomic_directory, atomic_write_json
 from finetune.evaluation.box_map import BoxMapAccumulator
 from finetune.evaluation.panoptic_quality import PQAccumulator, results_to_json
+from finetune.evaluation.scoring import flat_results, update_box_map
+from finetune.inference.predictor import ModelLoadError, add_predictor_arguments, predictor_from_args
 
 logger = logging.getLogger("finetune.evaluate")
 
@@ -84,11 +88,50 @@ def label_categories(model_config: Any, categories: list[dict]) -> dict[int, int
     return mapping
 
 
-def _gt_boxes(segments: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    boxes = np.array([s["bbox"] for s in segments], dtype=np.float64).reshape(-1, 4)
-    cats = np.array([s["category_id"] for s in segments], dtype=np.int64)
-    crowd = np.array([s.get("iscrowd", 0) for s in segments], dtype=np.int64)
-    return boxes, cats, crowd
+@dataclass
+class _SavedPredictions:
+    """The COCO-panoptic folder `--save-predictions` writes, collected image by image."""
+
+    names: dict[int, str]  # row index -> unique PNG stem (`finetune.predict.output_stems`)
+    pngs: dict[str, bytes] = field(default_factory=dict)
+    images: list[dict[str, Any]] = field(default_factory=list)
+    annotations: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, index: int, row: dict, prediction: Any, to_category: dict[int, int]) -> None:
+        from dataset_scripts.panoptic_format import encode_panoptic_png
+        from finetune.predict import prediction_annotation
+
+        image_id, png_name = int(row["image_id"]), f"{self.names[index]}.png"
+        self.pngs[png_name] = encode_panoptic_png(prediction.ids)
+        self.images.append(
+            {"id": image_id, "file_name": row["file_name"], "height": row["height"], "width": row["width"]}
+        )
+        self.annotations.append(prediction_annotation(prediction, image_id, png_name, to_category))
+
+    def write(self, folder: str | os.PathLike, split_name: str, categories: list[dict]) -> None:
+        """``folder/panoptic_{split}.json`` + ``folder/panoptic_{split}/*.png``, all or nothing."""
+        with atomic_directory(folder, overwrite=True) as tmp:
+            png_dir = tmp / f"panoptic_{split_name}"
+            png_dir.mkdir()
+            for name, data in self.pngs.items():
+                (png_dir / name).write_bytes(data)
+            json_categories = [
+                {k: c[k] for k in ("id", "name", "isthing", "color") if k in c}
+                | {"isthing": int(bool(c["isthing"]))}
+                for c in categories
+            ]
+            atomic_write_json(
+                tmp / f"panoptic_{split_name}.json",
+                {"images": self.images, "annotations": self.annotations, "categories": json_categories},
+            )
+        logger.info("wrote %d predictions to %s", len(self.annotations), folder)
+
+
+def _predicted_batches(predictor: Any, split: Any, count: int) -> Iterator[tuple[int, list[dict], Any]]:
+    """``(index of the first row, rows, BatchOutput)`` per batch of ``predictor.batch_size`` rows."""
+    for start in tqdm(range(0, count, predictor.batch_size), desc="evaluate", unit="batch"):
+        rows = [split[i] for i in range(start, min(start + predictor.batch_size, count))]  # decoded once
+        yield start, rows, predictor.predict_batch([row["image"] for row in rows])
 
 
 def evaluate_split(
@@ -102,7 +145,8 @@ def evaluate_split(
     """Run ``predictor`` over ``split`` and score it.
 
     Args:
-        predictor: A `PanopticPredictor`.
+        predictor: A `PanopticPredictor` (its ``predict_batch`` gives the panoptic predictions and, from
+            the same forward pass, every query's boxes for mAP).
         split: Rows of interface 2 (``image``, ``panoptic``, ``segments_info``, ``image_id``, ...).
         categories: `load_categories(split)`; model labels map to them by `label_categories`.
         save_predictions: Also write the predictions as a COCO-panoptic folder there.
@@ -114,124 +158,51 @@ def evaluate_split(
         ``all_results.json`` (``pq``, ``sq``, ``rq``, ``pq_things``..., ``box_map``...,
         ``per_class_pq`` {name: pq}) plus ``panoptic_quality`` (pq_compute layout) and ``num_images``.
     """
-    from dataset_scripts.panoptic_format import encode_panoptic_png
+    from finetune.predict import output_stems
 
-    label_to_category = label_categories(predictor.model.config, categories)
-    processor = predictor.image_processor
-    pq = PQAccumulator(categories)
-    boxes = BoxMapAccumulator(categories)
-    captured: list[Any] = []
-    # The predictor runs the model once per batch; its raw outputs also give DETR's boxes for mAP.
-    hook = predictor.model.register_forward_hook(lambda module, args, output: captured.append(output))
-    written: dict[str, bytes] = {}
-    annotations, image_infos = [], []
+    if max_images is not None and max_images < 1:
+        raise ValueError(f"--max-images must be >= 1, got {max_images}")
+    to_category = label_categories(predictor.model.config, categories)
+    pq, boxes = PQAccumulator(categories), BoxMapAccumulator(categories)
     count = len(split) if max_images is None else min(max_images, len(split))
-    try:
-        for start in tqdm(range(0, count, predictor.batch_size), desc="evaluate", unit="batch"):
-            rows = [split[i] for i in range(start, min(start + predictor.batch_size, count))]  # decoded once
-            images = [row["image"] for row in rows]
-            captured.clear()
-            predictions = predictor.predict(images)
-            assert len(captured) == 1, "one forward pass per batch expected"
-            sizes = [(image.height, image.width) for image in images]
-            detections = processor.post_process_object_detection(
-                captured[0], threshold=0.0, target_sizes=sizes
-            )
-            for row, prediction, detection, size in zip(rows, predictions, detections, sizes, strict=True):
-                image_id = int(row["image_id"])
-                gt_rgb = np.asarray(row["panoptic"].convert("RGB"))  # the core reads RGB-encoded ids directly
-                gt_segments = list(row["segments_info"])
-                pred_segments = [
-                    {"id": s["id"], "category_id": label_to_category[s["label_id"]]}
-                    for s in prediction.segments
-                ]
-                pq.update(prediction.ids, pred_segments, gt_rgb, gt_segments, image_id=image_id)
-                gt_boxes, gt_cats, gt_crowd = _gt_boxes(gt_segments)
-                boxes.update(
-                    image_id,
-                    detection["boxes"].cpu().numpy(),
-                    detection["scores"].cpu().numpy(),
-                    np.array(
-                        [label_to_category[int(k)] for k in detection["labels"].tolist()], dtype=np.int64
-                    ),
-                    gt_boxes,
-                    gt_cats,
-                    gt_crowd,
-                    *size,
-                )
-                if save_predictions is not None:
-                    png_name = f"{Path(row['file_name']).stem}.png"
-                    if png_name in written:
-                        png_name = f"{image_id}_{png_name}"
-                    written[png_name] = encode_panoptic_png(prediction.ids)
-                    image_infos.append(
-                        {
-                            "id": image_id,
-                            "file_name": row["file_name"],
-                            "height": row["height"],
-                            "width": row["width"],
-                        }
-                    )
-                    annotations.append(
-                        {
-                            "image_id": image_id,
-                            "file_name": png_name,
-                            "segments_info": [
-                                {
-                                    "id": s["id"],
-                                    "category_id": label_to_category[s["label_id"]],
-                                    "iscrowd": 0,
-                                    "bbox": s["bbox"],
-                                    "area": s["area"],
-                                    "score": s["score"],
-                                }
-                                for s in prediction.segments
-                            ],
-                        }
-                    )
-    finally:
-        hook.remove()
-
+    saved = None
     if save_predictions is not None:
-        with atomic_directory(save_predictions, overwrite=True) as tmp:
-            png_dir = tmp / f"panoptic_{split_name}"
-            png_dir.mkdir()
-            for name, data in written.items():
-                (png_dir / name).write_bytes(data)
-            json_categories = [
-                {k: c[k] for k in ("id", "name", "isthing", "color") if k in c}
-                | {"isthing": int(bool(c["isthing"]))}
-                for c in categories
+        stems = output_stems([Path(name) for name in list(split["file_name"])[:count]])
+        saved = _SavedPredictions(names=dict(enumerate(stems)))
+    for start, rows, output in _predicted_batches(predictor, split, count):
+        for offset, (row, prediction) in enumerate(zip(rows, output.predictions, strict=True)):
+            image_id, gt_segments = int(row["image_id"]), list(row["segments_info"])
+            size = (row["image"].height, row["image"].width)
+            gt_rgb = np.asarray(row["panoptic"].convert("RGB"))  # the PQ core reads RGB-encoded ids directly
+            pred_segments = [
+                {"id": s["id"], "category_id": to_category[s["label_id"]]} for s in prediction.segments
             ]
-            atomic_write_json(
-                tmp / f"panoptic_{split_name}.json",
-                {"images": image_infos, "annotations": annotations, "categories": json_categories},
+            pq.update(prediction.ids, pred_segments, gt_rgb, gt_segments, image_id=image_id)
+            update_box_map(
+                boxes,
+                predictor.image_processor,
+                output.logits[offset],
+                output.pred_boxes[offset],
+                image_id,
+                size,
+                gt_segments,
+                to_category,
             )
-        logger.info("wrote %d predictions to %s", len(annotations), save_predictions)
-
+            if saved is not None:
+                saved.add(start + offset, row, prediction, to_category)
+    if saved is not None:
+        saved.write(save_predictions, split_name, categories)
     summary = pq.compute()
-    results: dict[str, Any] = {}
-    for group, suffix in (("All", ""), ("Things", "_things"), ("Stuff", "_stuff")):
-        for key in ("pq", "sq", "rq"):
-            results[f"{key}{suffix}"] = float(summary[group][key])
-    results.update({f"box_{k}": v for k, v in boxes.compute().items()})
-    names = {int(c["id"]): c["name"] for c in categories}
-    results["per_class_pq"] = {names[cat]: float(v["pq"]) for cat, v in summary["per_class"].items()}
+    results = flat_results(categories, boxes.compute(), summary, pq.num_images)
     results["panoptic_quality"] = results_to_json(summary)
-    results["num_images"] = pq.num_images
     return results, pq, boxes
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Evaluate a checkpoint: PQ tables and box mAP.")
-    parser.add_argument("--model", required=True, help="checkpoint folder (output_dir/final) or Hub id")
+    add_predictor_arguments(parser)
     parser.add_argument("--dataset", required=True, help="COCO-panoptic folder or save_to_disk folder")
     parser.add_argument("--split", default="val")
-    parser.add_argument(
-        "--threshold", type=float, default=None, help="segment score threshold (default: the checkpoint's)"
-    )
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
     parser.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images")
     parser.add_argument("--cache-dir", default=None, help="datasets cache for a COCO-panoptic folder")
     parser.add_argument(
@@ -241,13 +212,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    from finetune.inference import ModelLoadError, PanopticPredictor
-
     try:
         split, categories = load_split(args.dataset, args.split, args.cache_dir)
-        predictor = PanopticPredictor.from_pretrained(
-            args.model, threshold=args.threshold, device=args.device, batch_size=args.batch_size
-        )
+        predictor = predictor_from_args(args)
         results, pq, _ = evaluate_split(
             predictor,
             split,

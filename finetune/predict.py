@@ -18,7 +18,12 @@ ground truth directly; without it, images are numbered 1..N in input order and c
 from ``config.category_ids`` when the checkpoint has them, else label id + 1. Category colours are
 the checkpoint's (the dataset's colours), else the converter's palette.
 
-``--threshold`` (and the mask thresholds) default to the checkpoint's evaluation settings.
+``--threshold`` (and the mask thresholds) default to the checkpoint's evaluation settings. The mask
+head runs only on the queries above the threshold (`finetune.inference.core`); ``--full-forward``
+runs it on every query, as transformers does, for comparison (same output, slower).
+
+Output names are the input file stems, made unique (``x/a.jpg``, ``y/a.jpg``, ``a-2.jpg`` ->
+``a``, ``a-2``, ``a-2-2``; compared case-insensitively), so no prediction overwrites another.
 
 Unreadable or corrupt images are reported (file name and reason) and skipped. Exit status: 0 when at
 least one image was processed, 1 when none could be (nothing found, or every file unreadable),
@@ -50,6 +55,7 @@ from finetune.inference import (
     label_to_category,
     render_overlay,
 )
+from finetune.inference.predictor import add_predictor_arguments, predictor_from_args
 
 logger = logging.getLogger("predict")
 
@@ -92,13 +98,21 @@ def collect_images(inputs: Iterable[str]) -> tuple[list[Path], list[tuple[str, s
 
 
 def output_stems(paths: Sequence[Path]) -> list[str]:
-    """A unique output name per image: the file stem, suffixed ``-2``, ``-3``... on collisions."""
-    seen: dict[str, int] = {}
+    """A unique output name per image: the file stem, suffixed ``-2``, ``-3``... on collisions.
+
+    Unique whatever the inputs: a suffixed name that another input already has (``x/a.jpg``, ``y/a.jpg``,
+    ``a-2.jpg``) is skipped, and names are compared case-insensitively (``A.jpg`` and ``a.png`` would
+    overwrite each other on macOS and Windows).
+    """
+    taken: set[str] = set()
     stems = []
     for path in paths:
-        count = seen.get(path.stem, 0) + 1
-        seen[path.stem] = count
-        stems.append(path.stem if count == 1 else f"{path.stem}-{count}")
+        stem, count = path.stem, 1
+        while stem.casefold() in taken:
+            count += 1
+            stem = f"{path.stem}-{count}"
+        taken.add(stem.casefold())
+        stems.append(stem)
     return stems
 
 
@@ -262,13 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "images", nargs="+", help="image files, folders (searched recursively) or glob patterns"
     )
-    parser.add_argument("--model", required=True, help="checkpoint folder (output_dir/final) or Hub model id")
+    add_predictor_arguments(parser)
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument(
-        "--threshold", type=float, default=None, help="minimum query score (default: the checkpoint's)"
-    )
-    parser.add_argument("--batch-size", type=int, default=4, help="images per forward pass")
-    parser.add_argument("--device", default=None, help="cuda, cpu... (default: cuda when available)")
     parser.add_argument("--gt-json", default=None, help="dataset panoptic JSON giving image and category ids")
     parser.add_argument("--no-overlays", action="store_true", help="write only the PNGs and the JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -285,9 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.error("no image to process")
         return 1
     try:
-        predictor = PanopticPredictor.from_pretrained(
-            args.model, threshold=args.threshold, device=args.device, batch_size=args.batch_size
-        )
+        predictor = predictor_from_args(args)
         summary = predict_images(
             paths,
             predictor,

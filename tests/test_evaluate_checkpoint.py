@@ -121,11 +121,11 @@ class _GroundTruthPredictor:
         self.names = [Path(p).stem for p in sorted(gt_folder.glob("*.png"))]
         self.calls = 0
 
-    def predict(self, images):
-        from finetune.inference import PanopticPrediction
+    def predict_batch(self, images):
+        from finetune.inference import BatchOutput, PanopticPrediction
 
         inputs = self.image_processor(images=images, return_tensors="pt")
-        self.model(pixel_values=inputs["pixel_values"], pixel_mask=inputs["pixel_mask"])
+        outputs = self.model.detr(pixel_values=inputs["pixel_values"], pixel_mask=inputs["pixel_mask"])
         label_of = {1: 0, 5: 1, 9: 2}
         data = json.loads((self.gt_folder.parent / "panoptic_val.json").read_text())
         out = []
@@ -143,7 +143,7 @@ class _GroundTruthPredictor:
             ]
             out.append(PanopticPrediction(ids=ids, segments=segments))
         self.calls += len(images)
-        return out
+        return BatchOutput(outputs.logits, outputs.pred_boxes, out, mask_queries=0)
 
 
 def test_ground_truth_predictions_score_one(setup):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
@@ -88,6 +89,7 @@ def test_oracle_predictions_score_perfectly(sample_dataset):
         image_processor=processor,
         stuff_label_ids={i for i, c in enumerate(categories) if not c["isthing"]},
         threshold=0.5,
+        full_forward=True,  # the oracle replaces the whole forward
     )
     results = evaluate(model, loader, accelerator, context, panoptic=True)
     assert results["num_images"] == 4
@@ -112,3 +114,54 @@ def test_labels_of_another_category_table_are_refused(sample_dataset):
     )
     with pytest.raises(LabelMismatchError, match=f"model label 0 '{categories[0]['name']}' is category id"):
         evaluate(model, [], Accelerator(cpu=True), context, panoptic=True)
+
+
+def test_selected_queries_evaluate_as_the_full_forward(sample_dataset, monkeypatch):
+    """The loop's default path (mask head on the selected queries) scores the maps of the full forward."""
+    from transformers import DetrForSegmentation
+
+    from finetune.evaluation.panoptic_quality import PQAccumulator
+    from tests.conftest import tiny_detr_config
+
+    categories = load_categories(sample_dataset)
+    split = sample_dataset["val"].select(range(4))
+    dataset = PanopticTrainingDataset(
+        split, category_to_label_map(categories), build_eval_transforms(96, 128)
+    )
+    accelerator = Accelerator(cpu=True)
+    loader = DataLoader(shard_for_process(dataset, accelerator), batch_size=2, collate_fn=PanopticCollator())
+    torch.manual_seed(0)
+    config = tiny_detr_config(
+        num_labels=len(categories), id2label={i: c["name"] for i, c in enumerate(categories)}, num_queries=20
+    )
+    config.category_ids = [int(c["id"]) for c in categories]
+    model = DetrForSegmentation(config).eval()
+    with torch.no_grad():  # confident, varied classes: segments to score
+        model.detr.class_labels_classifier.weight *= 100.0
+    scored: dict[bool, list] = {False: [], True: []}
+    real_update = PQAccumulator.update
+    results = {}
+    for full_forward in (False, True):
+
+        def spy(self, pred_ids, pred_segments, *args, _seen=scored[full_forward], **kwargs):
+            _seen.append((pred_ids.copy(), list(pred_segments)))
+            return real_update(self, pred_ids, pred_segments, *args, **kwargs)
+
+        monkeypatch.setattr(PQAccumulator, "update", spy)
+        context = EvalContext(
+            hf_split=split,
+            categories=categories,
+            image_processor=build_image_processor(96, 128),
+            stuff_label_ids={i for i, c in enumerate(categories) if not c["isthing"]},
+            threshold=0.5,
+            overlap_mask_area_threshold=0.0,
+            full_forward=full_forward,
+        )
+        results[full_forward] = evaluate(model, loader, accelerator, context, panoptic=True)
+    assert results[False] == results[True]
+    assert results[False]["num_images"] == 4
+    assert len(scored[False]) == len(scored[True]) == 4
+    for (fast_ids, fast_segments), (full_ids, full_segments) in zip(scored[False], scored[True], strict=True):
+        np.testing.assert_array_equal(fast_ids, full_ids)
+        assert fast_segments == full_segments
+    assert sum(len(segments) for _, segments in scored[False]) > 0  # something to compare

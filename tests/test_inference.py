@@ -1,4 +1,4 @@
-"""Tests of `finetune/inference.py` (PanopticPredictor) and of the `image-segmentation` pipeline.
+"""Tests of `finetune.inference` (PanopticPredictor) and of the `image-segmentation` pipeline.
 
 The checkpoint is a tiny random `DetrForSegmentation` saved like `train.py` saves `final/`. To test
 stuff fusion deterministically, the model's forward is replaced by hand-made outputs: two queries
@@ -25,7 +25,10 @@ def checkpoint(tmp_path_factory) -> Path:
     return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "final")
 
 
-def _handmade(monkeypatch, model) -> None:
+def _handmade(monkeypatch, model, predictor=None) -> None:
+    """Replace the model's forward by hand-made outputs (and make `predictor` run that full forward)."""
+    if predictor is not None:
+        monkeypatch.setattr(predictor, "full_forward", True)
     config = model.config
     monkeypatch.setattr(
         model,
@@ -59,7 +62,7 @@ def test_real_forward_gives_maps_at_original_size(checkpoint):
 
 def test_stuff_is_fused_into_one_segment_per_class(checkpoint, monkeypatch):
     predictor = PanopticPredictor.from_pretrained(checkpoint, device="cpu")
-    _handmade(monkeypatch, predictor.model)
+    _handmade(monkeypatch, predictor.model, predictor)
     [prediction] = predictor.predict([Image.new("RGB", (96, 64))])
     walls = [s for s in prediction.segments if s["label_id"] == WALL]
     things = [s for s in prediction.segments if s["label_id"] == EXCAVATOR]
@@ -76,7 +79,7 @@ def test_stuff_is_fused_into_one_segment_per_class(checkpoint, monkeypatch):
 def test_mixed_size_batch_equals_one_image_at_a_time(checkpoint, monkeypatch):
     """Batch padding must not shift the masks: each image is cut out of its padded masks."""
     predictor = PanopticPredictor.from_pretrained(checkpoint, device="cpu", batch_size=2)
-    _handmade(monkeypatch, predictor.model)
+    _handmade(monkeypatch, predictor.model, predictor)
     images = [Image.new("RGB", (96, 64)), Image.new("RGB", (64, 96))]
     batched = predictor.predict(images)
     single = [predictor.predict([image])[0] for image in images]
@@ -87,7 +90,7 @@ def test_mixed_size_batch_equals_one_image_at_a_time(checkpoint, monkeypatch):
 
 def test_nothing_above_threshold_gives_an_all_void_map(checkpoint, monkeypatch):
     predictor = PanopticPredictor.from_pretrained(checkpoint, device="cpu")
-    _handmade(monkeypatch, predictor.model)
+    _handmade(monkeypatch, predictor.model, predictor)
     [prediction] = predictor.predict([Image.new("RGB", (40, 30))], threshold=1.0)
     assert prediction.segments == []
     assert prediction.ids.shape == (30, 40) and not prediction.ids.any()
@@ -95,7 +98,7 @@ def test_nothing_above_threshold_gives_an_all_void_map(checkpoint, monkeypatch):
 
 def test_overlay_of_a_prediction(checkpoint, monkeypatch):
     predictor = PanopticPredictor.from_pretrained(checkpoint, device="cpu")
-    _handmade(monkeypatch, predictor.model)
+    _handmade(monkeypatch, predictor.model, predictor)
     image = Image.new("RGB", (96, 64), (128, 128, 128))
     [prediction] = predictor.predict([image])
     overlay = render_overlay(image, prediction)
@@ -252,7 +255,7 @@ def _gt_preview_and_overlay(predictor, categories, monkeypatch) -> tuple[np.ndar
     """The converter's preview of a ground truth equal to the prediction, and the prediction overlay."""
     from dataset_scripts.preview import draw_panoptic_overlay
 
-    _handmade(monkeypatch, predictor.model)
+    _handmade(monkeypatch, predictor.model, predictor)
     image = Image.new("RGB", (96, 64), (128, 128, 128))
     [prediction] = predictor.predict([image])
     by_label = dict(enumerate(categories))

@@ -30,6 +30,13 @@ def handmade(monkeypatch):
         return handmade_outputs(pixel_values, pixel_mask, self.config.num_queries, self.config.num_labels)
 
     monkeypatch.setattr(DetrForSegmentation, "forward", forward)
+    # The hand-made outputs replace the full forward, which the predictor then has to run.
+    real_init = predict.PanopticPredictor.__init__
+
+    def full_forward_init(self, *args, **kwargs):
+        real_init(self, *args, **{**kwargs, "full_forward": True})
+
+    monkeypatch.setattr(predict.PanopticPredictor, "__init__", full_forward_init)
 
 
 @pytest.fixture
@@ -84,6 +91,30 @@ def test_globs_and_duplicate_stems(tmp_path):
     paths, problems = predict.collect_images([str(tmp_path / "*" / "*.jpg"), str(tmp_path / "x")])
     assert len(paths) == 2 and not problems  # the folder repeats a globbed file: kept once
     assert predict.output_stems(paths) == ["same", "same-2"]
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        ["x/a.jpg", "y/a.jpg", "a-2.jpg"],  # issue 11: the suffixed name is another input's stem
+        ["a-2.jpg", "x/a.jpg", "y/a.jpg"],
+        ["x/a.jpg", "y/a.jpg", "z/a.jpg", "a-2.jpg", "a-3.png", "A.png"],  # case-insensitive file systems
+    ],
+)
+def test_output_names_are_always_unique(names, tmp_path, checkpoint, handmade):
+    for name in names:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (32, 24)).save(tmp_path / name)
+    paths = [tmp_path / name for name in names]
+    stems = predict.output_stems(paths)
+    assert len({stem.casefold() for stem in stems}) == len(names)
+    out = tmp_path / "out"
+    assert predict.main([*map(str, paths), "--model", str(checkpoint), "--out", str(out), "--quiet"]) == 0
+    data = json.loads((out / "panoptic_predictions.json").read_text())
+    written = [ann["file_name"] for ann in data["annotations"]]
+    assert len(set(written)) == len(names)
+    assert sorted(p.name for p in (out / "panoptic_predictions").iterdir()) == sorted(written)
+    assert sorted(p.name for p in (out / "overlays").iterdir()) == sorted(written)
 
 
 def test_predictions_score_pq_1_against_matching_ground_truth(checkpoint, images, tmp_path, handmade):

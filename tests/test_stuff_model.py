@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import DetrForSegmentation, DetrImageProcessor
+from transformers import DetrForObjectDetection, DetrForSegmentation, DetrImageProcessor
 from transformers.models.detr.modeling_detr import DetrSegmentationOutput
 
 from dataset_scripts import stuff_model
@@ -35,6 +35,7 @@ from dataset_scripts.stuff_model import (
     map_panoptic_prediction,
     pseudo_label_stuff,
 )
+from finetune.inference import core as inference_core
 from tests.conftest import tiny_detr_config
 
 ID2LABEL = {
@@ -251,15 +252,16 @@ UPRIGHT_SHAPES = {"train/a.png": (40, 60), "train/b.png": (50, 30), "train/c:rot
 
 @pytest.fixture
 def forward_counter(monkeypatch):
-    """Counts forward passes of DetrForSegmentation (the real forward still runs)."""
+    """Counts forward passes of the model (the inference core runs `model.detr` once per batch, then the
+    mask head on the selected queries; the real forward still runs)."""
     calls = []
-    real_forward = DetrForSegmentation.forward
+    real_forward = DetrForObjectDetection.forward
 
     def spy(self, *args, **kwargs):
         calls.append(kwargs["pixel_values"].shape[0])
         return real_forward(self, *args, **kwargs)
 
-    monkeypatch.setattr(DetrForSegmentation, "forward", spy)
+    monkeypatch.setattr(DetrForObjectDetection, "forward", spy)
     return calls
 
 
@@ -347,6 +349,12 @@ def _controlled_forward(self, pixel_values, pixel_mask=None, **kwargs):
 @pytest.mark.parametrize("things", ["misc", None])
 def test_pseudo_label_stuff_maps_controlled_outputs(tmp_path, tiny_model_dir, images, monkeypatch, things):
     monkeypatch.setattr(DetrForSegmentation, "forward", _controlled_forward)
+    real_predict_batch = inference_core.predict_batch  # the hand-made outputs replace the full forward
+    monkeypatch.setattr(
+        inference_core,
+        "predict_batch",
+        lambda *args, **kwargs: real_predict_batch(*args, **{**kwargs, "full_forward": True}),
+    )
     path = _write_yaml(
         tmp_path,
         f"""

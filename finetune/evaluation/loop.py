@@ -7,13 +7,12 @@ result equals a single-process evaluation of the same images.
 
 Predictions are scored against the ground truth of the original dataset rows at the original image
 size (the predictions are resized back, as at inference), not against the resized training targets.
+They come from the inference core (`finetune.inference.core.predict_batch`), as at inference.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -26,7 +25,9 @@ from dataset_scripts.panoptic_format import rgb2id
 from finetune.config import DEFAULT_MASK_THRESHOLD, DEFAULT_OVERLAP_MASK_AREA_THRESHOLD, DEFAULT_THRESHOLD
 from finetune.evaluation.box_map import BoxMapAccumulator
 from finetune.evaluation.panoptic_quality import PQAccumulator
+from finetune.evaluation.scoring import flat_results, update_box_map
 from finetune.inference import label_to_category
+from finetune.inference.core import PostProcessing, predict_batch
 
 
 @dataclass
@@ -39,6 +40,8 @@ class EvalContext:
         image_processor: the `DetrImageProcessor` whose post-processing is used.
         stuff_label_ids: labels fused into one segment per class (`label_ids_to_fuse`).
         threshold, mask_threshold, overlap_mask_area_threshold: panoptic post-processing knobs.
+        full_forward: run the mask head on every query (transformers' forward) instead of the selected
+            ones (same result, slower; for comparison, and for models that replace the whole forward).
     """
 
     hf_split: Any
@@ -48,9 +51,20 @@ class EvalContext:
     threshold: float = DEFAULT_THRESHOLD
     mask_threshold: float = DEFAULT_MASK_THRESHOLD
     overlap_mask_area_threshold: float = DEFAULT_OVERLAP_MASK_AREA_THRESHOLD
+    full_forward: bool = False
 
     def __post_init__(self) -> None:
         self.row_of_image = {int(image_id): i for i, image_id in enumerate(self.hf_split["image_id"])}
+
+    @property
+    def postprocessing(self) -> PostProcessing:
+        """The settings of the inference core."""
+        return PostProcessing(
+            self.threshold,
+            self.mask_threshold,
+            self.overlap_mask_area_threshold,
+            frozenset(int(i) for i in self.stuff_label_ids),
+        )
 
 
 def shard_for_process(dataset: Any, accelerator: Accelerator) -> Subset:
@@ -74,8 +88,9 @@ def evaluate(
     """Evaluate `model` (the unwrapped `DetrForSegmentation`) on this process's `loader` shard.
 
     Args:
-        model: the model; only `model.detr` runs when `panoptic` is False. Its labels map to dataset
-            categories with `label_to_category(model.config, context.categories)`.
+        model: the model; only `model.detr` runs when `panoptic` is False, and with `panoptic` the mask head
+            runs on the queries that can become segments only (`finetune.inference.core.predict_batch`).
+            Its labels map to dataset categories with `label_to_category(model.config, context.categories)`.
         loader: batches of `PanopticCollator` over this process's shard (`shard_for_process`).
         accelerator: for the device, autocast and cross-process merging.
         context: ground truth, categories, post-processing settings.
@@ -90,67 +105,42 @@ def evaluate(
     model.eval()
     boxes = BoxMapAccumulator(context.categories)
     pq = PQAccumulator(context.categories) if panoptic else None
-    processor = context.image_processor
     for batch in loader:
         batch = send_to_device(batch, accelerator.device)
+        sizes = [tuple(int(v) for v in target["orig_size"].tolist()) for target in batch["labels"]]
         with accelerator.autocast():
-            net = model if panoptic else model.detr
-            outputs = net(pixel_values=batch["pixel_values"], pixel_mask=batch["pixel_mask"])
-        padded_h, padded_w = batch["pixel_values"].shape[-2:]
+            output = predict_batch(
+                model,
+                context.image_processor,
+                batch["pixel_values"],
+                batch["pixel_mask"],
+                sizes,
+                context.postprocessing,
+                full_forward=context.full_forward,
+                masks=panoptic,
+            )
         for i, target in enumerate(batch["labels"]):
             image_id = int(target["image_id"].item())
-            orig_h, orig_w = (int(v) for v in target["orig_size"].tolist())
             gt_ids, gt_segments = _ground_truth(context, image_id)
-            _update_boxes(boxes, processor, outputs, i, image_id, (orig_h, orig_w), gt_segments, to_category)
+            update_box_map(
+                boxes,
+                context.image_processor,
+                output.logits[i],
+                output.pred_boxes[i],
+                image_id,
+                sizes[i],
+                gt_segments,
+                to_category,
+            )
             if pq is not None:
-                valid_h, valid_w = (int(v) for v in target["size"].tolist())
-                mask_h, mask_w = outputs.pred_masks.shape[-2:]
-                # pred_masks cover the padded batch: crop this image's part before resizing to its size.
-                crop_h = min(mask_h, math.ceil(valid_h * mask_h / padded_h))
-                crop_w = min(mask_w, math.ceil(valid_w * mask_w / padded_w))
-                single = SimpleNamespace(
-                    logits=outputs.logits[i : i + 1].float(),
-                    pred_masks=outputs.pred_masks[i : i + 1, :, :crop_h, :crop_w].float(),
-                )
-                (result,) = processor.post_process_panoptic_segmentation(
-                    single,
-                    threshold=context.threshold,
-                    mask_threshold=context.mask_threshold,
-                    overlap_mask_area_threshold=context.overlap_mask_area_threshold,
-                    label_ids_to_fuse=context.stuff_label_ids,
-                    target_sizes=[(orig_h, orig_w)],
-                )
-                pred_ids = (
-                    result["segmentation"].to(torch.int64).clamp(min=0).cpu().numpy()
-                )  # -1 (no segment) -> void
+                prediction = output.predictions[i]
                 pred_segments = [
-                    {"id": int(s["id"]), "category_id": to_category[int(s["label_id"])]}
-                    for s in result["segments_info"]
+                    {"id": s["id"], "category_id": to_category[s["label_id"]]} for s in prediction.segments
                 ]
-                pq.update(pred_ids, pred_segments, gt_ids, gt_segments, image_id=image_id)
+                pq.update(prediction.ids, pred_segments, gt_ids, gt_segments, image_id=image_id)
     if was_training:
         model.train()
     return _merge_and_compute(accelerator, context, boxes, pq)
-
-
-def _update_boxes(boxes, processor, outputs, i, image_id, orig_size, gt_segments, to_category) -> None:
-    single = SimpleNamespace(
-        logits=outputs.logits[i : i + 1].float(), pred_boxes=outputs.pred_boxes[i : i + 1].float()
-    )
-    # threshold 0: COCOeval ranks by score, low-score detections only matter at high recall.
-    (det,) = processor.post_process_object_detection(single, threshold=0.0, target_sizes=[orig_size])
-    gt_boxes = np.array([s["bbox"] for s in gt_segments], dtype=np.float64).reshape(-1, 4)
-    boxes.update(
-        image_id,
-        det["boxes"].cpu().numpy(),
-        det["scores"].cpu().numpy(),
-        np.array([to_category[int(k)] for k in det["labels"].tolist()], dtype=np.int64),
-        gt_boxes,
-        np.array([s["category_id"] for s in gt_segments], dtype=np.int64),
-        np.array([s.get("iscrowd", 0) for s in gt_segments], dtype=np.int64),
-        orig_size[0],
-        orig_size[1],
-    )
 
 
 def _merge_and_compute(
@@ -159,18 +149,8 @@ def _merge_and_compute(
     merged_boxes = None
     for part in gather_object([boxes]):
         merged_boxes = part if merged_boxes is None else merged_boxes.merge(part)
-    box = merged_boxes.compute()
-    results: dict[str, Any] = {f"box_{k}": float(v) for k, v in box.items()}
-    if pq is not None:
-        total = accelerator.reduce(pq.to_tensor().to(accelerator.device), reduction="sum")
-        merged = PQAccumulator.from_tensor(context.categories, total.cpu())
-        summary = merged.compute()
-        for group, suffix in (("All", ""), ("Things", "_things"), ("Stuff", "_stuff")):
-            for key in ("pq", "sq", "rq"):
-                results[f"{key}{suffix}"] = float(summary[group][key])
-        names = {int(c["id"]): c["name"] for c in context.categories}
-        results["per_class_pq"] = {
-            names[int(cat)]: float(values["pq"]) for cat, values in summary["per_class"].items()
-        }
-        results["num_images"] = merged.num_images
-    return results
+    if pq is None:
+        return flat_results(context.categories, merged_boxes.compute())
+    total = accelerator.reduce(pq.to_tensor().to(accelerator.device), reduction="sum")
+    merged = PQAccumulator.from_tensor(context.categories, total.cpu())
+    return flat_results(context.categories, merged_boxes.compute(), merged.compute(), merged.num_images)

@@ -381,24 +381,94 @@ def log_class_mapping(
     )
 
 
-def _load_pretrained(model_name_or_path: str) -> DetrForSegmentation:
-    """Load a checkpoint in its own label space; a Hub id that cannot be reached fails fast and clearly."""
-    local = Path(model_name_or_path).expanduser()
+def load_checkpoint(
+    name_or_path: str | os.PathLike,
+    revision: str | None = None,
+    with_processor: bool = False,
+) -> tuple[DetrForSegmentation, Any, list[str]]:
+    """Load a `DetrForSegmentation` checkpoint (and its image processor): THE loader of the project.
+
+    Training (`load_model`), inference (`finetune.inference.PanopticPredictor.from_pretrained`) and
+    stuff pseudo-labelling (`dataset_scripts.stuff.labeller`) all load through it, so a checkpoint folder,
+    a cached Hub id and an unreachable Hub id behave the same everywhere. A Hub id is first looked up in
+    the local Hugging Face cache; only when absent is the Hub asked, with one short request, so that an
+    offline machine fails within seconds instead of retrying downloads for minutes. Offline detection is
+    `huggingface_hub.constants.HF_HUB_OFFLINE` (huggingface_hub's own parsing of ``HF_HUB_OFFLINE``).
+    ImageNet backbone weights are never fetched (`_keep_backbone_offline`).
+
+    Args:
+        name_or_path: A checkpoint folder (config.json, weights[, preprocessor_config.json]) or a Hub id.
+        revision: Hub revision (branch, tag, commit); ignored for a folder.
+        with_processor: Also load the image processor (``preprocessor_config.json``).
+
+    Returns:
+        ``(model in eval mode on CPU, image processor or None, missing_keys)``: ``missing_keys`` are the
+        model tensors the checkpoint lacked (left at their random init).
+
+    Raises:
+        FileNotFoundError: (an ``OSError``) a local path that is not a checkpoint folder, or a folder
+            without ``config.json`` / ``preprocessor_config.json`` (the message names it).
+        OSError: a checkpoint folder whose files transformers cannot read (its message names the file).
+        ModelUnavailableError: a Hub id that is neither in the local cache nor reachable (offline flag,
+            network down, no such repository).
+    """
+    import huggingface_hub
+    from huggingface_hub import constants as hub_constants
+    from transformers import AutoImageProcessor
+
+    name = str(name_or_path)
+    local = Path(name).expanduser()
+    kwargs: dict[str, Any] = {}
+    if local.exists():
+        if not local.is_dir():
+            raise FileNotFoundError(f"{local} is a file, not a checkpoint folder")
+        needed = ["config.json"] + (["preprocessor_config.json"] if with_processor else [])
+        for file in needed:
+            if not (local / file).is_file():
+                raise FileNotFoundError(f"{local} is not a checkpoint folder: {file} is missing")
+        source = str(local)
+    else:
+        if name.startswith((".", "/", "~")) or name.count("/") > 1:
+            raise FileNotFoundError(f"{name}: no such checkpoint folder")
+        source, kwargs = name, {"revision": revision}
+        try:  # already in the local Hugging Face cache?
+            huggingface_hub.snapshot_download(name, revision=revision, local_files_only=True)
+            kwargs["local_files_only"] = True
+        except Exception:  # any failure means "not cached": ask the Hub below
+            if hub_constants.HF_HUB_OFFLINE:
+                raise ModelUnavailableError(
+                    f"cannot load {name!r}: no such local folder, not in the local Hugging Face cache, "
+                    "and HF_HUB_OFFLINE is set"
+                ) from None
+            try:
+                huggingface_hub.model_info(name, revision=revision, timeout=10)
+            except Exception as err:  # network errors come from several libraries
+                raise ModelUnavailableError(
+                    f"cannot load {name!r}: no such local folder, not in the local Hugging Face cache, and "
+                    f"the Hugging Face Hub cannot provide it ({str(err) or type(err).__name__})"
+                ) from err
     try:
-        config = DetrConfig.from_pretrained(str(local) if local.is_dir() else model_name_or_path)
+        config = DetrConfig.from_pretrained(source, **kwargs)
         _keep_backbone_offline(config)
         model, info = DetrForSegmentation.from_pretrained(
-            str(local) if local.is_dir() else model_name_or_path, config=config, output_loading_info=True
+            source, config=config, output_loading_info=True, **kwargs
         )
-    except OSError as error:
-        if local.is_dir():
-            raise  # a local folder that is not a checkpoint: transformers' message names the missing file
-        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+        processor = AutoImageProcessor.from_pretrained(source, **kwargs) if with_processor else None
+    except OSError as err:
+        if local.exists():
+            raise  # a broken local folder: transformers' message names the file
+        raise ModelUnavailableError(f"cannot load {name!r} from the Hugging Face Hub: {err}") from err
+    return model.eval(), processor, list(info.get("missing_keys", []))
+
+
+def _load_pretrained(model_name_or_path: str) -> DetrForSegmentation:
+    """Load a checkpoint in its own label space (`load_checkpoint`), with training's guidance on failure."""
+    try:
+        model, _, missing_keys = load_checkpoint(model_name_or_path)
+    except ModelUnavailableError as error:
         raise ModelUnavailableError(
             f"Cannot load the model {model_name_or_path!r}: it is not a local folder, and it could not be "
-            "fetched from the Hugging Face Hub "
-            f"({'HF_HUB_OFFLINE is set' if offline else 'Hub unreachable, or no such repository'}) "
-            "nor found in the local cache.\n"
+            "fetched from the Hugging Face Hub nor found in the local cache.\n"
             f"  * To train offline without a checkpoint, use the quickstart config (tiny model built from a "
             f"config): accelerate launch finetune/train.py --config {QUICKSTART_CONFIG}\n"
             "  * Or point `model_name_or_path` at a local DetrForSegmentation checkpoint folder (config.json + "
@@ -407,7 +477,7 @@ def _load_pretrained(model_name_or_path: str) -> DetrForSegmentation:
             "--model_name_or_path checkpoints/detr-panoptic, or `model_name_or_path:` in the YAML config.\n"
             f"  (underlying error: {error})"
         ) from error
-    missing = [k for k in info.get("missing_keys", []) if k not in CLASS_HEAD_KEYS]
+    missing = [k for k in missing_keys if k not in CLASS_HEAD_KEYS]
     if missing:
         logger.warning(
             "%s is not a complete DetrForSegmentation checkpoint: %d tensors start from a random init "
