@@ -20,8 +20,14 @@ from PIL import Image
 
 from dataset_scripts.atomic_io import atomic_write_bytes
 
+try:  # libspng: the fast PNG decoder (see `_decode_png`); PIL is the fallback
+    import pyspng as _spng
+except ImportError:  # pragma: no cover - pyspng is in requirements.txt
+    _spng = None
+
 VOID_ID = 0
 MAX_SEGMENT_ID = 256**3 - 1
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 class PanopticFormatError(ValueError):
@@ -29,22 +35,31 @@ class PanopticFormatError(ValueError):
 
 
 def rgb2id(rgb: np.ndarray) -> np.ndarray:
-    """Decode a panoptic PNG's pixels into segment ids.
+    """Decode a panoptic PNG's pixels into segment ids (transformers' ``rgb_to_id``, in int64).
 
     Args:
         rgb: ``(H, W, 3)`` uint8 array.
 
     Returns:
-        ``(H, W)`` int64 array of segment ids.
+        ``(H, W)`` int64 array of segment ids ``R + 256 G + 256^2 B``.
     """
+    # Imported here: transformers.image_transforms imports torch (seconds), which the converter and
+    # the PQ CLI never need. Given int64 input, rgb_to_id computes and returns int64 (for uint8 input
+    # it would return int32).
+    from transformers.image_transforms import rgb_to_id
+
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise PanopticFormatError(f"expected an (H, W, 3) RGB array, got shape {rgb.shape}")
-    rgb = rgb.astype(np.int64, copy=False)
-    return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
+    return rgb_to_id(rgb.astype(np.int64))
 
 
 def id2rgb(ids: np.ndarray) -> np.ndarray:
-    """Encode ``(H, W)`` integer segment ids as an ``(H, W, 3)`` uint8 RGB array."""
+    """Encode ``(H, W)`` integer segment ids as an ``(H, W, 3)`` uint8 RGB array.
+
+    The same values and dtype as transformers' ``id_to_rgb`` (a test checks it), not a call to it:
+    its module imports torch, seconds of start-up for the converter, which writes PNGs but never
+    needs torch, and its ``%`` / ``//`` on an int64 copy is slower than these bit operations.
+    """
     ids = np.asarray(ids)
     if ids.size and (ids.min() < 0 or ids.max() > MAX_SEGMENT_ID):
         raise PanopticFormatError(f"segment ids must lie in [0, {MAX_SEGMENT_ID}]")
@@ -56,12 +71,29 @@ def id2rgb(ids: np.ndarray) -> np.ndarray:
     return rgb
 
 
-def read_panoptic_rgb(path: str | os.PathLike) -> np.ndarray:
-    """Decode a panoptic PNG into its ``(H, W, 3)`` uint8 RGB array (ids not yet combined).
+def _spng_decodes(data: bytes) -> bool:
+    """Whether the fast decoder takes this PNG: 8-bit RGB or RGBA, not interlaced.
 
-    Code comparing segments pixel by pixel (the PQ evaluation) can work on these bytes directly,
-    cheaper than first combining the three channels into ids; `read_panoptic_png` gives the ids.
-    An alpha channel is dropped (as panopticapi does, which reads only R, G and B).
+    Everything else (palette, grey, 16-bit, interlaced, not a PNG) goes to PIL, so that such files
+    are accepted or refused exactly as before (e.g. PIL reads 16-bit RGB as its high bytes).
+    """
+    return (
+        _spng is not None
+        and len(data) > 28
+        and data[:8] == _PNG_SIGNATURE
+        and data[12:16] == b"IHDR"
+        and data[24] == 8  # bit depth
+        and data[25] in (2, 6)  # colour type: RGB, RGBA
+        and data[28] == 0  # interlace method: none
+    )
+
+
+def _decode_png(path: str | os.PathLike, mode: str) -> np.ndarray:
+    """The one place that decodes panoptic PNGs: ``(H, W, 3)`` (mode RGB) or ``(H, W, 4)`` uint8.
+
+    libspng (`pyspng`) decodes our panoptic PNGs 1.7x faster than PIL, bit-identically; PIL is the
+    fallback for the PNG kinds it does not take (see `_spng_decodes`) and when pyspng is missing.
+    Mode RGBA gives alpha 255 where the PNG has none.
 
     Raises:
         FileNotFoundError: no such file (the message names it).
@@ -69,21 +101,59 @@ def read_panoptic_rgb(path: str | os.PathLike) -> np.ndarray:
     """
     path = Path(path)
     try:
-        with Image.open(path) as img:
-            if img.mode not in ("RGB", "RGBA"):
-                raise PanopticFormatError(f"{path}: panoptic PNG must be RGB, got mode {img.mode}")
-            return np.asarray(img.convert("RGB") if img.mode == "RGBA" else img)
+        data = path.read_bytes()
     except FileNotFoundError:
         raise FileNotFoundError(f"panoptic PNG not found: {path}") from None
+    except OSError as err:
+        raise PanopticFormatError(f"{path}: cannot read panoptic PNG ({err.strerror or err})") from err
+    if _spng_decodes(data):
+        try:
+            return _spng.load(data, format=mode)
+        except Exception as err:  # pyspng raises RuntimeError with libspng's reason
+            raise PanopticFormatError(f"{path}: cannot decode panoptic PNG ({err})") from err
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if img.mode not in ("RGB", "RGBA"):
+                raise PanopticFormatError(f"{path}: panoptic PNG must be RGB, got mode {img.mode}")
+            return np.asarray(img if img.mode == mode else img.convert(mode))
     except PanopticFormatError:
         raise
     except Exception as err:  # PIL raises many types for broken files
         raise PanopticFormatError(f"{path}: cannot decode panoptic PNG ({err})") from err
 
 
+def read_panoptic_rgb(path: str | os.PathLike) -> np.ndarray:
+    """Decode a panoptic PNG into its ``(H, W, 3)`` uint8 RGB array (ids not yet combined).
+
+    An alpha channel is dropped (as panopticapi does, which reads only R, G and B).
+
+    Raises:
+        FileNotFoundError: no such file (the message names it).
+        PanopticFormatError: not a decodable RGB(A) PNG (the message names the file).
+    """
+    return _decode_png(path, "RGB")
+
+
+def read_panoptic_ids(path: str | os.PathLike) -> np.ndarray:
+    """Decode a panoptic PNG into an ``(H, W)`` uint32 id map, the fastest way.
+
+    The PNG is decoded as RGBA and each pixel's four bytes read as one little-endian uint32, so the
+    id ``R + 256 G + 256^2 B`` is that word with its alpha byte cleared: one pass over ``H * W``
+    words instead of combining three byte planes. (Comparing neighbouring ids, the PQ evaluation's
+    only full-image work, is also three times cheaper on words than on bytes.)
+
+    Raises:
+        FileNotFoundError, PanopticFormatError: as `read_panoptic_rgb`.
+    """
+    rgba = _decode_png(path, "RGBA")
+    ids = rgba.view("<u4")[..., 0]
+    np.bitwise_and(ids, 0xFFFFFF, out=ids)
+    return ids
+
+
 def read_panoptic_png(path: str | os.PathLike) -> np.ndarray:
     """Read a panoptic PNG into an ``(H, W)`` int64 id map; errors name the file (see `read_panoptic_rgb`)."""
-    return rgb2id(read_panoptic_rgb(path))
+    return read_panoptic_ids(path).astype(np.int64)
 
 
 def encode_panoptic_png(ids: np.ndarray) -> bytes:
