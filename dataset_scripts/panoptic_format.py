@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from dataset_scripts.atomic_io import atomic_write_bytes
 
@@ -118,6 +118,8 @@ def _decode_png(path: str | os.PathLike, mode: str) -> np.ndarray:
             return np.asarray(img if img.mode == mode else img.convert(mode))
     except PanopticFormatError:
         raise
+    except UnidentifiedImageError:  # its message would name our in-memory buffer, not the file
+        raise PanopticFormatError(f"{path}: cannot decode panoptic PNG (not an image file)") from None
     except Exception as err:  # PIL raises many types for broken files
         raise PanopticFormatError(f"{path}: cannot decode panoptic PNG ({err})") from err
 
@@ -145,10 +147,10 @@ def read_panoptic_ids(path: str | os.PathLike) -> np.ndarray:
     Raises:
         FileNotFoundError, PanopticFormatError: as `read_panoptic_rgb`.
     """
-    rgba = _decode_png(path, "RGBA")
-    ids = rgba.view("<u4")[..., 0]
-    np.bitwise_and(ids, 0xFFFFFF, out=ids)
-    return ids
+    words = _decode_png(path, "RGBA").view("<u4")[..., 0]
+    if not words.flags.writeable:  # PIL's arrays are read-only: one more copy on the fallback path
+        return words & 0xFFFFFF
+    return np.bitwise_and(words, 0xFFFFFF, out=words)
 
 
 def read_panoptic_png(path: str | os.PathLike) -> np.ndarray:
