@@ -232,29 +232,125 @@ def load_json(path: str | os.PathLike) -> Any:
             return json.load(handle)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise PanopticFormatError(f"{path}: malformed JSON ({err})") from err
+    except OSError as err:  # e.g. permission denied
+        raise PanopticFormatError(f"{path}: cannot read JSON ({err.strerror or err})") from err
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _shown(value: Any) -> str:
+    """A JSON value as written in the file (``null``, ``"1"``), shortened for messages."""
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_category(cat: Any, index: int, path: Any) -> None:
+    """Types of ``categories[index]`` of JSON file ``path``: an object, integer ``id``, ``isthing`` 0/1.
+
+    Raises:
+        PanopticFormatError: naming the file, the entry and the value.
+    """
+    if not isinstance(cat, dict):
+        raise PanopticFormatError(f"{path}: categories[{index}] is {_shown(cat)}, expected an object")
+    if not _is_int(cat.get("id")):
+        raise PanopticFormatError(
+            f"{path}: categories[{index}] has id {_shown(cat.get('id'))}, expected an integer"
+        )
+    if cat.get("isthing", 0) not in (0, 1):  # True / False compare equal to 1 / 0
+        raise PanopticFormatError(
+            f"{path}: category {cat['id']} has isthing {_shown(cat.get('isthing'))}, expected 0 or 1"
+        )
+
+
+def _check_segment(seg: Any, index: int, image_id: Any, path: Any) -> None:
+    where = f"{path}: image {image_id}: segments_info[{index}]"
+    if not isinstance(seg, dict):
+        raise PanopticFormatError(f"{where} is {_shown(seg)}, expected an object with id and category_id")
+    if not _is_int(seg.get("id")):
+        raise PanopticFormatError(f"{where} has id {_shown(seg.get('id'))}, expected an integer")
+    where = f"{path}: image {image_id}: segment {seg['id']}"
+    if not _is_int(seg.get("category_id")):
+        kind = " (a string)" if isinstance(seg.get("category_id"), str) else ""
+        raise PanopticFormatError(
+            f"{where} has category_id {_shown(seg.get('category_id'))}{kind}, expected an integer"
+        )
+    if seg.get("iscrowd", 0) not in (0, 1):
+        raise PanopticFormatError(f"{where} has iscrowd {_shown(seg.get('iscrowd'))}, expected 0 or 1")
+    area = seg.get("area", 0)
+    if not isinstance(area, (int, float)) or isinstance(area, bool) or area < 0:
+        raise PanopticFormatError(f"{where} has area {_shown(area)}, expected a number >= 0")
+
+
+def check_annotation(ann: Any, index: int, path: Any) -> None:
+    """Types of ``annotations[index]`` of JSON file ``path`` and of its ``segments_info`` entries.
+
+    An annotation is an object with ``image_id`` (integer or string), ``file_name`` (the PNG) and
+    ``segments_info``, a list of objects with integer ``id`` and ``category_id``, optional
+    ``iscrowd`` 0/1 and ``area`` >= 0. A JSON from another tool can hold anything (``null``, string
+    ids); checking first turns what would be a traceback later into one line.
+
+    Raises:
+        PanopticFormatError: naming the file, the image and the segment.
+    """
+    if not isinstance(ann, dict):
+        raise PanopticFormatError(
+            f"{path}: annotations[{index}] is {_shown(ann)}, expected an object with image_id, file_name "
+            "and segments_info"
+        )
+    image_id = ann.get("image_id")
+    if not (_is_int(image_id) or isinstance(image_id, str)):
+        raise PanopticFormatError(
+            f"{path}: annotations[{index}] has image_id {_shown(image_id)}, expected an integer or a string"
+        )
+    if not isinstance(ann.get("file_name"), str) or not ann["file_name"]:
+        raise PanopticFormatError(
+            f"{path}: image {image_id} has file_name {_shown(ann.get('file_name'))}, expected a PNG name"
+        )
+    segments = ann.get("segments_info", [])
+    if not isinstance(segments, list):
+        raise PanopticFormatError(
+            f"{path}: image {image_id} has segments_info {_shown(segments)}, expected a list"
+        )
+    for seg_index, seg in enumerate(segments):
+        _check_segment(seg, seg_index, image_id, path)
+
+
+def check_image(image: Any, index: int, path: Any) -> None:
+    """``images[index]`` of JSON file ``path`` is an object with an integer or string ``id``."""
+    if not isinstance(image, dict) or not (_is_int(image.get("id")) or isinstance(image.get("id"), str)):
+        raise PanopticFormatError(
+            f"{path}: images[{index}] is {_shown(image)}, expected an object with an id"
+        )
 
 
 def load_panoptic_json(path: str | os.PathLike) -> dict[str, Any]:
     """Load and sanity-check a COCO-panoptic JSON (``images``, ``annotations``, ``categories``).
 
     Raises:
-        PanopticFormatError: a key is missing, an image id is duplicated, an annotation names an
-            unknown image, or a segment names an unknown category or repeats an id.
+        PanopticFormatError: a key is missing, an entry has the wrong type (see `check_annotation`),
+            an image id is duplicated, an annotation names an unknown image, or a segment names an
+            unknown category or repeats an id.
     """
     data = load_json(path)
     for key in ("images", "annotations", "categories"):
-        if not isinstance(data, dict) or key not in data:
-            raise PanopticFormatError(f"{path}: not a COCO-panoptic file (missing '{key}')")
-    image_ids: set[int] = set()
-    for image in data["images"]:
+        if not isinstance(data, dict) or not isinstance(data.get(key), list):
+            raise PanopticFormatError(f"{path}: not a COCO-panoptic file (no '{key}' list)")
+    image_ids: set[Any] = set()
+    for index, image in enumerate(data["images"]):
+        check_image(image, index, path)
         if image["id"] in image_ids:
             raise PanopticFormatError(f"{path}: duplicate image id {image['id']}")
         image_ids.add(image["id"])
+    for index, cat in enumerate(data["categories"]):
+        check_category(cat, index, path)
     category_ids = {cat["id"] for cat in data["categories"]}
-    for ann in data["annotations"]:
-        if ann.get("image_id") not in image_ids:
+    for index, ann in enumerate(data["annotations"]):
+        check_annotation(ann, index, path)
+        if ann["image_id"] not in image_ids:
             raise PanopticFormatError(
-                f"{path}: annotation {ann.get('file_name')} names unknown image {ann.get('image_id')}"
+                f"{path}: annotation {ann['file_name']} names unknown image {ann['image_id']}"
             )
         seen: set[int] = set()
         for seg in ann.get("segments_info", []):

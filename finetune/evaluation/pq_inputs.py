@@ -1,7 +1,7 @@
 """Inputs of the PQ folder CLI: the two COCO-panoptic JSONs, type-checked, and their images paired.
 
-A JSON from another tool can hold anything, so every entry the evaluation reads is checked here,
-before any worker starts: a ``null`` annotation or segment, a string ``category_id``, a missing
+A JSON from another tool can hold anything, so every entry the evaluation reads is checked here
+(with `panoptic_format`'s checks), before any worker starts: a ``null`` annotation or segment, a string ``category_id``, a missing
 ``file_name`` ... each stops the run with a `PanopticEvaluationError` whose one-line message names
 the JSON file, the image and the id (the CLI turns it into exit status 2, no traceback).
 
@@ -12,14 +12,13 @@ then they are paired by ``file_name``, with a warning, instead of comparing unre
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from dataset_scripts import panoptic_format
-from dataset_scripts.panoptic_format import PanopticFormatError
+from dataset_scripts.panoptic_format import PanopticFormatError, check_annotation, check_category, check_image
 from finetune.evaluation.pq_core import PanopticEvaluationError
 
 logger = logging.getLogger(__name__)
@@ -51,14 +50,12 @@ def load_panoptic_annotations(path: str | os.PathLike, what: str) -> dict[str, A
     return data
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _shown(value: Any) -> str:
-    """A JSON value as it appears in the file (``null``, ``"1"``), shortened."""
-    text = json.dumps(value, default=str)
-    return text if len(text) <= 60 else text[:57] + "..."
+def _format_checked(check: Any, *args: Any) -> None:
+    """Run a `panoptic_format` type check, raising this package's error type."""
+    try:
+        check(*args)
+    except PanopticFormatError as err:
+        raise PanopticEvaluationError(str(err)) from None
 
 
 def check_categories(data: dict[str, Any], path: Any) -> list[dict[str, Any]]:
@@ -67,85 +64,30 @@ def check_categories(data: dict[str, Any], path: Any) -> list[dict[str, Any]]:
     if not isinstance(categories, list) or not categories:
         raise PanopticEvaluationError(f"{path}: no 'categories'")
     for index, cat in enumerate(categories):
-        if not isinstance(cat, dict):
-            raise PanopticEvaluationError(f"{path}: categories[{index}] is {_shown(cat)}, expected an object")
-        if not _is_int(cat.get("id")):
-            raise PanopticEvaluationError(
-                f"{path}: categories[{index}] has id {_shown(cat.get('id'))}, expected an integer"
-            )
-        if cat.get("isthing") not in (0, 1):  # True / False compare equal to 1 / 0
-            raise PanopticEvaluationError(
-                f"{path}: category {cat['id']} has isthing {_shown(cat.get('isthing'))}, expected 0 or 1"
-            )
+        _format_checked(check_category, cat, index, path)
     return categories
-
-
-def _check_segment(seg: Any, index: int, image_id: Any, path: Any) -> None:
-    """Types of ``segments_info[index]`` of image ``image_id`` in JSON file ``path``."""
-    where = f"{path}: image {image_id}: segments_info[{index}]"
-    if not isinstance(seg, dict):
-        raise PanopticEvaluationError(f"{where} is {_shown(seg)}, expected an object with id and category_id")
-    if not _is_int(seg.get("id")):
-        raise PanopticEvaluationError(f"{where} has id {_shown(seg.get('id'))}, expected an integer")
-    where = f"{path}: image {image_id}: segment {seg['id']}"
-    if not _is_int(seg.get("category_id")):
-        kind = " (a string)" if isinstance(seg.get("category_id"), str) else ""
-        raise PanopticEvaluationError(
-            f"{where} has category_id {_shown(seg.get('category_id'))}{kind}, expected an integer"
-        )
-    if seg.get("iscrowd", 0) not in (0, 1):
-        raise PanopticEvaluationError(f"{where} has iscrowd {_shown(seg.get('iscrowd'))}, expected 0 or 1")
-    area = seg.get("area", 0)
-    if not isinstance(area, (int, float)) or isinstance(area, bool) or area < 0:
-        raise PanopticEvaluationError(f"{where} has area {_shown(area)}, expected a number >= 0")
-
-
-def _check_annotation(ann: Any, index: int, path: Any) -> None:
-    if not isinstance(ann, dict):
-        raise PanopticEvaluationError(
-            f"{path}: annotations[{index}] is {_shown(ann)}, expected an object with image_id, file_name "
-            "and segments_info"
-        )
-    image_id = ann.get("image_id")
-    if not (_is_int(image_id) or isinstance(image_id, str)):
-        raise PanopticEvaluationError(
-            f"{path}: annotations[{index}] has image_id {_shown(image_id)}, expected an integer or a string"
-        )
-    if not isinstance(ann.get("file_name"), str) or not ann["file_name"]:
-        raise PanopticEvaluationError(
-            f"{path}: image {image_id} has file_name {_shown(ann.get('file_name'))}, expected a PNG name"
-        )
-    segments = ann.get("segments_info", [])
-    if not isinstance(segments, list):
-        raise PanopticEvaluationError(
-            f"{path}: image {image_id} has segments_info {_shown(segments)}, expected a list"
-        )
-    for seg_index, seg in enumerate(segments):
-        _check_segment(seg, seg_index, image_id, path)
 
 
 def annotations_by_image(data: dict[str, Any], path: Any) -> dict[Any, dict[str, Any]]:
     """``{image_id: annotation}`` after checking every annotation, segment and image entry.
 
     Raises:
-        PanopticEvaluationError: a wrongly typed entry, or a repeated image id (in ``annotations``
-            or in ``images``); the message names ``path``, the image and the id.
+        PanopticEvaluationError: a wrongly typed entry (`panoptic_format.check_annotation`), or a
+            repeated image id (in ``annotations`` or in ``images``); the message names ``path``,
+            the image and the id.
     """
     by_image: dict[Any, dict[str, Any]] = {}
     for index, ann in enumerate(data["annotations"]):
-        _check_annotation(ann, index, path)
+        _format_checked(check_annotation, ann, index, path)
         if ann["image_id"] in by_image:
             raise PanopticEvaluationError(f"{path}: duplicate annotation for image id {ann['image_id']}")
         by_image[ann["image_id"]] = ann
     images = data.get("images", [])
     if not isinstance(images, list):
-        raise PanopticEvaluationError(f"{path}: 'images' is {_shown(images)}, expected a list")
+        raise PanopticEvaluationError(f"{path}: 'images' is not a list")
     seen: set[Any] = set()
     for index, image in enumerate(images):
-        if not isinstance(image, dict) or "id" not in image:
-            raise PanopticEvaluationError(
-                f"{path}: images[{index}] is {_shown(image)}, expected an object with id"
-            )
+        _format_checked(check_image, image, index, path)
         if image["id"] in seen:
             raise PanopticEvaluationError(f"{path}: duplicate image id {image['id']} in 'images'")
         seen.add(image["id"])
