@@ -7,7 +7,7 @@ facebookresearch/detr and detectron2, so everything written here is read unchang
 
 Every panoptic PNG is decoded by `_decode_png`: libspng (`pyspng`) where it applies, 1.7x faster
 than PIL and bit-identical, else PIL. `read_panoptic_ids` gives the ``(H, W)`` uint32 ids the
-fastest way; `read_panoptic_png` (int64) and `read_panoptic_rgb` (the bytes) build on it.
+fastest way, `read_panoptic_png` the same as int64, `read_panoptic_rgb` the RGB bytes.
 The JSON type checks (`check_annotation`, ...) are shared by `load_panoptic_json` and the PQ CLI.
 """
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,8 @@ def _spng_decodes(data: bytes) -> bool:
         and data[24] == 8  # bit depth
         and data[25] in (2, 6)  # colour type: RGB, RGBA
         and data[28] == 0  # interlace method: none
+        # libspng is told to ignore CRC errors; PIL refuses a broken header, so such a file goes there
+        and zlib.crc32(data[12:29]) == int.from_bytes(data[29:33], "big")
     )
 
 

@@ -121,6 +121,10 @@ def test_fast_decoder_ignores_transparency_and_gamma_chunks(tmp_path, monkeypatc
     assert np.array_equal(read_panoptic_rgb(path), rgb)
 
 
+def _corrupt(data: bytes, index: int) -> bytes:
+    return data[:index] + bytes([data[index] ^ 0xFF]) + data[index + 1 :]
+
+
 def _edge_cases(rng) -> dict[str, bytes]:
     gray = rng.integers(0, 256, size=(5, 6), dtype=np.uint8)
     rgb16 = rng.integers(0, 2**16, size=(5, 6, 3)).astype(np.uint16)
@@ -136,6 +140,7 @@ def _edge_cases(rng) -> dict[str, bytes]:
         "rgba16": handmade_png(np.concatenate([rgb16, rgb16[..., :1]], axis=2), 6),
         "truncated_rgb": _pil_png(id2rgb(_random_ids(rng, 20, 20)), "RGB")[:60],
         "not_a_png": b"GIF89a not a png at all",
+        "bad_header_crc": _corrupt(_pil_png(id2rgb(_random_ids(rng, 6, 6)), "RGB"), 29),
     }
 
 
@@ -151,7 +156,7 @@ def test_other_png_kinds_decode_or_fail_as_with_pil(tmp_path, monkeypatch, case)
             _assert_same(fast, slow)
         if case in ("palette", "gray", "gray_alpha", "gray16"):
             assert "panoptic PNG must be RGB, got mode" in fast
-        if case in ("truncated_rgb", "not_a_png"):
+        if case in ("truncated_rgb", "not_a_png", "bad_header_crc"):
             assert isinstance(fast, str) and f"{case}.png: cannot decode panoptic PNG" in fast
             assert "PanopticFormatError" in slow
     if case == "rgb16":
