@@ -1,9 +1,10 @@
 """Inputs of the PQ folder CLI: the two COCO-panoptic JSONs, type-checked, and their images paired.
 
 A JSON from another tool can hold anything, so every entry the evaluation reads is checked here
-(with `panoptic_format`'s checks), before any worker starts: a ``null`` annotation or segment, a string ``category_id``, a missing
-``file_name`` ... each stops the run with a `PanopticEvaluationError` whose one-line message names
-the JSON file, the image and the id (the CLI turns it into exit status 2, no traceback).
+(with `panoptic_format`'s checks) before any worker starts: a ``null`` annotation or segment, a
+string ``category_id``, a missing ``file_name`` ... each stops the run with a
+`PanopticEvaluationError` whose one-line message names the JSON file, the image and the id (the
+CLI turns it into exit status 2, no traceback).
 
 Images are paired by ``image_id``, as panopticapi does, unless the prediction JSON numbers the same
 file names differently (``finetune/predict.py`` without ``--gt-json`` numbers its images 1..N):
@@ -41,10 +42,8 @@ def load_panoptic_annotations(path: str | os.PathLike, what: str) -> dict[str, A
         data = panoptic_format.load_json(path)
     except FileNotFoundError:
         raise PanopticEvaluationError(f"{what} JSON not found: {path}") from None
-    except PanopticFormatError as err:
+    except PanopticFormatError as err:  # malformed or unreadable
         raise PanopticEvaluationError(str(err)) from err
-    except OSError as err:  # e.g. permission denied
-        raise PanopticEvaluationError(f"{path}: cannot read {what} JSON ({err.strerror or err})") from err
     if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
         raise PanopticEvaluationError(f"{path}: not a COCO-panoptic file (no 'annotations' list)")
     return data
@@ -169,7 +168,7 @@ def image_label(gt_ann: dict[str, Any], pred_ann: dict[str, Any] | None) -> str:
 
 def check_files(
     pairs: list[tuple[dict[str, Any], dict[str, Any] | None]], gt_folder: Path, pred_folder: Path
-):
+) -> None:
     """Raise for the first pair whose GT or predicted PNG is missing (the message names it)."""
     for gt_ann, pred_ann in pairs:
         label = image_label(gt_ann, pred_ann)
