@@ -165,7 +165,10 @@ def _decode_project(path: str) -> int:
 
 def decode_only(decoder: str, folders: list[str], workers: int) -> None:
     """A floor: decode every PNG of ``folders`` with ``decoder`` (pil | project), ``workers`` processes."""
+    from dataset_scripts.panoptic_format import retain_freed_memory
+
     decode = {"pil": _decode_pil, "project": _decode_project}[decoder]
+    retain_freed_memory()  # as the CLI does (inherited by the forked workers)
     if decoder == "project":
         decode(next(Path(folders[0]).glob("*.png")))  # import before forking, as the CLI does
     paths = sorted(str(p) for folder in folders for p in Path(folder).glob("*.png"))

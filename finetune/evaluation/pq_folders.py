@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from dataset_scripts.panoptic_format import PanopticFormatError, read_panoptic_ids
+from dataset_scripts.panoptic_format import PanopticFormatError, read_panoptic_ids, retain_freed_memory
 from finetune.evaluation.pq_core import CategoryIndex, PanopticEvaluationError, image_pq_stats
 from finetune.evaluation.pq_inputs import (
     annotations_by_image,
@@ -122,6 +122,11 @@ def _init_worker(categories: CategoryIndex) -> None:
     _WORKER_CATEGORIES = categories
 
 
+def _init_pool_worker(categories: CategoryIndex) -> None:
+    retain_freed_memory()  # a process of ours that decodes many PNGs
+    _init_worker(categories)
+
+
 def _score_chunk(tasks: list[dict[str, Any]]) -> np.ndarray:
     assert _WORKER_CATEGORIES is not None
     total = np.zeros((len(_WORKER_CATEGORIES), 4), dtype=np.float64)
@@ -179,7 +184,7 @@ def evaluate_folders(
         # floating-point sums reproducible. fork (where available) skips re-importing modules.
         method = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
         chunk = max(1, min(16, len(tasks) // (4 * workers)))
-        with multiprocessing.get_context(method).Pool(workers, _init_worker, (categories,)) as pool:
+        with multiprocessing.get_context(method).Pool(workers, _init_pool_worker, (categories,)) as pool:
             for part in pool.imap(_score_chunk, _chunks(tasks, chunk)):
                 stats += part
     return summarize(stats, categories), stats, categories
@@ -204,6 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
 
     start = time.perf_counter()
+    retain_freed_memory()  # this process is ours; with --workers 1 it decodes every PNG itself
     try:
         results, stats, categories = evaluate_folders(
             args.gt_json, args.pred_json, args.gt_folder, args.pred_folder, workers=args.workers
