@@ -2,20 +2,29 @@
 
 Generates COCO-panoptic GT and prediction folders (default 500 images at 480x640, 10-40
 segments each: stuff bands, blobs and boxes; predictions = shifted GT with class errors, misses,
-false positives and void holes), then times as whole processes, in the same run:
+false positives and void holes), then:
 
-* this repo's CLI (``--workers N``),
-* panopticapi ``pq_compute`` (it always uses every CPU),
-* the floor: only decoding every GT and predicted PNG with PIL, same worker count.
+1. the decoder table: every PNG decoder on PyPI that is installed (PIL, libspng via pyspng,
+   imagecodecs' libpng and libspng, OpenCV, torchvision), one thread, in this process, on the
+   same PNG bytes, alternated, best of ``--repeats``: time per PNG and whether it gives PIL's
+   array bit for bit;
+2. whole processes, one warm-up run each, then ``--repeats`` rounds alternating them:
 
-Prints the three times, the ratios, and checks that both evaluators give the same numbers.
+   * this repo's CLI (``--workers N``),
+   * panopticapi ``pq_compute`` with the same number of worker processes,
+   * the decode floors: only decoding every GT and predicted PNG, same workers, with PIL
+     (``np.asarray(Image.open(png))``) and with the project's decoder (`read_panoptic_ids`).
 
-    python bench/pq_speed.py [--images 500] [--height 480 --width 640] [--repeats 2] [--workers N]
+Prints best-of-k and spread of each, the ratios, and checks that both evaluators give the same
+numbers (to 1e-9). ``OMP_NUM_THREADS`` etc. are set to 1 in every process.
+
+    python bench/pq_speed.py [--images 500] [--height 480 --width 640] [--repeats 5] [--workers N]
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import multiprocessing
 import os
@@ -24,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -143,36 +153,136 @@ def generate(root: Path, num_images: int, height: int, width: int, workers: int)
         (root / f"{name}.json").write_text(json.dumps(data))
 
 
-def _decode(path: str) -> int:
+def _decode_pil(path: str) -> int:
     return int(np.asarray(Image.open(path)).shape[0])
 
 
-def decode_only(folders: list[str], workers: int) -> None:
-    """The floor: decode every PNG of ``folders`` with PIL, ``workers`` processes."""
+def _decode_project(path: str) -> int:
+    from dataset_scripts.panoptic_format import read_panoptic_ids
+
+    return int(read_panoptic_ids(path).shape[0])
+
+
+def decode_only(decoder: str, folders: list[str], workers: int) -> None:
+    """A floor: decode every PNG of ``folders`` with ``decoder`` (pil | project), ``workers`` processes."""
+    from dataset_scripts.panoptic_format import retain_freed_memory
+
+    decode = {"pil": _decode_pil, "project": _decode_project}[decoder]
+    retain_freed_memory()  # as the CLI does (inherited by the forked workers)
+    if decoder == "project":
+        decode(next(Path(folders[0]).glob("*.png")))  # import before forking, as the CLI does
     paths = sorted(str(p) for folder in folders for p in Path(folder).glob("*.png"))
     with multiprocessing.Pool(workers) as pool:
-        sum(pool.imap_unordered(_decode, paths, chunksize=16))
+        sum(pool.imap_unordered(decode, paths, chunksize=16))
 
 
+def _png_decoders() -> dict[str, Callable[[bytes], np.ndarray]]:
+    """The installed PNG decoders, each bytes -> (H, W, 3) uint8 RGB on one thread."""
+    decoders: dict[str, Callable[[bytes], np.ndarray]] = {
+        "PIL": lambda data: np.asarray(Image.open(io.BytesIO(data)))
+    }
+    try:
+        import pyspng
+
+        decoders["pyspng (libspng)"] = pyspng.load
+    except ImportError:
+        pass
+    try:
+        import imagecodecs
+
+        decoders["imagecodecs png (libpng)"] = imagecodecs.png_decode
+        if imagecodecs.SPNG.available:
+            decoders["imagecodecs spng"] = imagecodecs.spng_decode
+    except ImportError:
+        pass
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)
+        decoders["opencv imdecode"] = lambda data: cv2.cvtColor(
+            cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED), cv2.COLOR_BGR2RGB
+        )
+    except ImportError:
+        pass
+    try:
+        import torch
+        from torchvision.io import decode_png
+
+        torch.set_num_threads(1)
+        decoders["torchvision decode_png"] = lambda data: (
+            decode_png(torch.frombuffer(bytearray(data), dtype=torch.uint8)).permute(1, 2, 0).numpy()
+        )
+    except ImportError:
+        pass
+    return decoders
+
+
+def decoder_table(folders: list[str], repeats: int, limit: int = 200) -> None:
+    """Time per PNG of every installed decoder on the same bytes (in memory), interleaved; best of k."""
+    paths = sorted(str(p) for folder in folders for p in Path(folder).glob("*.png"))[:limit]
+    blobs = [Path(p).read_bytes() for p in paths]
+    from dataset_scripts.panoptic_format import retain_freed_memory
+
+    retain_freed_memory()  # every decoder allocates its output per PNG: reuse memory for all alike
+    decoders = _png_decoders()
+    reference = [decoders["PIL"](data) for data in blobs]
+    identical = {
+        name: all(
+            out.dtype == ref.dtype and np.array_equal(out, ref)
+            for out, ref in zip(map(decode, blobs), reference, strict=True)
+        )
+        for name, decode in decoders.items()
+    }
+    # Interleaved PNG by PNG (every decoder on one PNG, then the next PNG), so that load from
+    # other jobs hits all decoders alike; one total per decoder and round.
+    times: dict[str, list[float]] = {name: [] for name in decoders}
+    for _ in range(repeats):
+        total = dict.fromkeys(decoders, 0.0)
+        for data in blobs:
+            for name, decode in decoders.items():
+                start = time.perf_counter()
+                decode(data)
+                total[name] += time.perf_counter() - start
+        for name in decoders:
+            times[name].append(total[name] / len(blobs))
+    print(f"decoders, {len(blobs)} PNGs from memory, 1 thread, best of {repeats}:")
+    pil = min(times["PIL"])
+    for name in sorted(decoders, key=lambda n: min(times[n])):
+        best = min(times[name])
+        print(
+            f"  {name:24s} {1000 * best:6.2f} ms/PNG (spread {100 * (max(times[name]) / best - 1):4.0f}%)  "
+            f"{pil / best:4.2f}x PIL  bit-identical to PIL: {identical[name]}"
+        )
+
+
+# pq_compute takes its worker count from multiprocessing.cpu_count(): set it to ours.
 PANOPTICAPI = (
-    "import json, sys\n"
+    "import json, multiprocessing, sys\n"
+    "multiprocessing.cpu_count = lambda: int(sys.argv[6])\n"
     "from panopticapi.evaluation import pq_compute\n"
     "r = pq_compute(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4])\n"
     "json.dump(r, open(sys.argv[5], 'w'))\n"
 )
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def _timed(cmd: list[str]) -> tuple[float, float]:
     """Wall time and CPU time (user + sys of the process and its workers) of one run."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True)
+    env = {**os.environ, **dict.fromkeys(THREAD_VARS, "1")}
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, env=env)
     elapsed = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         raise RuntimeError(f"{cmd[:4]} failed:\n{proc.stderr[-3000:]}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return elapsed, cpu
+
+
+def _spread(values: list[float]) -> str:
+    """(max - min) / min, in percent."""
+    return f"{100 * (max(values) / min(values) - 1):.0f}%"
 
 
 def main() -> None:
@@ -182,12 +292,12 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=500)
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--width", type=int, default=640)
-    parser.add_argument("--repeats", type=int, default=2, help="runs per tool; the fastest counts")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per tool; the fastest counts")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--decode-only", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.decode_only:
-        decode_only(args.decode_only, args.workers)
+        decode_only(args.decode_only[0], args.decode_only[1:], args.workers)
         return
 
     with tempfile.TemporaryDirectory(prefix="pq_speed_") as tmp:
@@ -213,19 +323,26 @@ def main() -> None:
         ours_cmd += ["--pred-json", pred[0], "--pred-folder", pred[1], "--workers", str(args.workers)]
         ours_cmd += ["--json-out", str(root / "ours.json"), "--quiet"]
         ref_cmd = [sys.executable, "-c", PANOPTICAPI, gt[0], pred[0], gt[1], pred[1], str(root / "ref.json")]
-        floor_cmd = [
+        ref_cmd.append(str(args.workers))
+        floor = [
             sys.executable,
             str(Path(__file__).resolve()),
             "--workers",
             str(args.workers),
             "--decode-only",
-            gt[1],
-            pred[1],
         ]
-        commands = {"ours": ours_cmd, "panopticapi": ref_cmd, "decode floor": floor_cmd}
+        commands = {
+            "ours": ours_cmd,
+            "panopticapi": ref_cmd,
+            "floor PIL": [*floor, "pil", gt[1], pred[1]],
+            "floor project": [*floor, "project", gt[1], pred[1]],
+        }
+        decoder_table([gt[1], pred[1]], args.repeats)
+        for cmd in commands.values():  # warm-up: page cache, imports
+            _timed(cmd)
         wall: dict[str, list[float]] = {name: [] for name in commands}
         cpu: dict[str, list[float]] = {name: [] for name in commands}
-        for _ in range(args.repeats):  # interleaved so that machine noise hits all three alike
+        for _ in range(args.repeats):  # interleaved so that machine noise hits all of them alike
             for name, cmd in commands.items():
                 w, c = _timed(cmd)
                 wall[name].append(w)
@@ -233,15 +350,19 @@ def main() -> None:
         # Wall time is what a user waits for; CPU time (all processes) is steadier on a shared machine.
         best_wall = {name: min(values) for name, values in wall.items()}
         best_cpu = {name: min(values) for name, values in cpu.items()}
+        print(f"whole processes, {args.workers} worker(s) each, 1 warm-up + best of {args.repeats}:")
         for name in commands:
             print(
-                f"{name:13s}: wall best {best_wall[name]:6.2f} s (runs {', '.join(f'{v:.2f}' for v in wall[name])}); "
-                f"CPU best {best_cpu[name]:6.2f} s"
+                f"  {name:14s}: wall best {best_wall[name]:6.2f} s (spread {_spread(wall[name])}; runs "
+                f"{', '.join(f'{v:.2f}' for v in wall[name])}); CPU best {best_cpu[name]:6.2f} s "
+                f"(spread {_spread(cpu[name])})"
             )
         for label, best in (("wall", best_wall), ("CPU ", best_cpu)):
             print(
-                f"{label}: speed-up vs panopticapi {best['panopticapi'] / best['ours']:.2f}x (goal >= 1.5x); "
-                f"ours / decode floor {best['ours'] / best['decode floor']:.2f}x (goal <= 1.5x)"
+                f"{label}: speed-up vs panopticapi {best['panopticapi'] / best['ours']:.2f}x (goal >= 2x); "
+                f"ours / floor: {best['ours'] / best['floor project']:.2f}x the project decoder's, "
+                f"{best['ours'] / best['floor PIL']:.2f}x PIL's; decode floor PIL / project "
+                f"{best['floor PIL'] / best['floor project']:.2f}x"
             )
 
         ours = json.loads((root / "ours.json").read_text())

@@ -104,7 +104,8 @@ def read_split_categories(panoptic_dir: Path, splits: list[str]) -> list[dict[st
             first, first_path = cats, path
         elif cats != first:
             raise PanopticFormatError(f"{path}: categories differ from those of {first_path}")
-    assert first is not None
+    if first is None:
+        raise PanopticFormatError(f"{panoptic_dir}: no split to read the categories from")
     return first
 
 
@@ -193,6 +194,31 @@ def load_categories(dataset: datasets.Dataset | datasets.DatasetDict) -> list[di
     return categories
 
 
+def _check_row_fields(image: dict[str, Any], ann: dict[str, Any] | None, json_path: Path) -> None:
+    """The fields a row needs beyond `load_panoptic_json`'s checks: integer image id, width and
+    height, a ``file_name``, and each segment's ``area`` and 4-number ``bbox``.
+
+    Raises:
+        PanopticFormatError: naming the file, the image and the segment.
+    """
+    for key in ("id", "width", "height"):
+        if not isinstance(image.get(key), int) or isinstance(image.get(key), bool):
+            raise PanopticFormatError(
+                f"{json_path}: image {image.get('id')} has {key} {json.dumps(image.get(key))}, expected an integer"
+            )
+    if not isinstance(image.get("file_name"), str) or not image["file_name"]:
+        raise PanopticFormatError(f"{json_path}: image {image['id']} has no file_name")
+    for seg in [] if ann is None else ann.get("segments_info", []):
+        bbox = seg.get("bbox")
+        if "area" not in seg or not (
+            isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)
+        ):
+            raise PanopticFormatError(
+                f"{json_path}: image {image['id']} segment {seg['id']} needs an area and a bbox [x, y, w, h], "
+                f"got area {json.dumps(seg.get('area'))}, bbox {json.dumps(bbox)}"
+            )
+
+
 class PanopticFolderBuilder(datasets.GeneratorBasedBuilder):
     """`GeneratorBasedBuilder` over a COCO-panoptic folder given as ``data_dir``.
 
@@ -248,6 +274,7 @@ class PanopticFolderBuilder(datasets.GeneratorBasedBuilder):
             by_image[ann["image_id"]] = ann
         examples = []
         for image in data["images"]:
+            _check_row_fields(image, by_image.get(image["id"]), json_path)
             ann = by_image.get(image["id"])
             if ann is None:
                 raise PanopticFormatError(

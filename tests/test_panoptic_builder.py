@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from dataset_scripts.panoptic_builder import (
     build_hf_dataset,
     load_categories,
     panoptic_features,
+    read_split_categories,
 )
 from dataset_scripts.panoptic_format import (
     PanopticFormatError,
@@ -263,3 +265,43 @@ def test_bundled_sample_converts_and_builds(repo_root, tmp_path):
     rotated = rows["materials_005.jpg"]  # EXIF-rotated file: upright in the dataset
     assert rotated["image"].size == rotated["panoptic"].size == (rotated["width"], rotated["height"])
     assert rows["materials_006.jpg"]["image"].mode == "RGB"  # grayscale file
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (
+            lambda d: d["annotations"][0]["segments_info"].append(None),
+            r"image 101: segments_info\[\d+\] is null",
+        ),
+        (
+            lambda d: d["annotations"][0]["segments_info"][0].update(category_id="1"),
+            r'image 101: segment \d+ has category_id "1" \(a string\)',
+        ),
+        (lambda d: d["images"].append(None), r"images\[1\] is null"),
+        (lambda d: d["images"][0].update(width="640"), r'image 101 has width "640", expected an integer'),
+        (
+            lambda d: d["annotations"][0]["segments_info"][0].pop("bbox"),
+            r"image 101 segment \d+ needs an area and a bbox",
+        ),
+    ],
+)
+def test_cli_badly_typed_json_is_one_line_error(tmp_path, caplog, mutate, message):
+    """null entries and wrongly typed fields: exit 2, one error naming file, image and id, no output."""
+    folder = make_panoptic_folder(tmp_path / "p", {"train": 1})
+    path = folder / "annotations" / "panoptic_train.json"
+    doc = json.loads(path.read_text())
+    mutate(doc)
+    path.write_text(json.dumps(doc))
+    out = tmp_path / "hf"
+    argv = ["--panoptic", str(folder), "--out", str(out), "--cache-dir", str(tmp_path / "cache")]
+    assert build_dataset.main(argv) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "panoptic_train.json" in errors[0], errors
+    assert re.search(message, errors[0]), errors[0]
+    assert not out.exists()
+
+
+def test_categories_of_no_split_is_an_error(tmp_path):
+    with pytest.raises(PanopticFormatError, match="no split to read the categories from"):
+        read_split_categories(tmp_path, [])
