@@ -7,6 +7,8 @@ Works with any checkpoint folder written by `finetune/train.py` or a Hub model i
 Gradio analytics are switched off and no public share link is ever created.
 """
 
+from __future__ import annotations
+
 import os
 import sys
 from pathlib import Path
@@ -17,12 +19,15 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import argparse
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from finetune.inference import ModelLoadError, PanopticPredictor, render_overlay
-from finetune.inference.predictor import add_predictor_arguments, predictor_from_args
+from dataset_scripts.cli_options import make_parser
+from finetune.predictor_options import add_predictor_arguments, predictor_from_args
+
+if TYPE_CHECKING:  # torch-backed: imported where used, so that `--help` stays fast
+    from finetune.inference import PanopticPredictor
 
 logger = logging.getLogger("demo")
 
@@ -50,6 +55,8 @@ def segment_image(
     predictor: PanopticPredictor, image: Image.Image | None, threshold: float
 ) -> tuple[Image.Image | None, list[list[Any]]]:
     """The overlay and the segment table of one uploaded image (nothing uploaded: nothing shown)."""
+    from finetune.inference import render_overlay
+
     if image is None:
         return None, []
     [prediction] = predictor.predict([image.convert("RGB")], threshold=float(threshold))
@@ -82,11 +89,20 @@ def build_demo(predictor: PanopticPredictor, title: str = "detr-panoptic demo"):
     return demo
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Gradio demo of a detr-panoptic checkpoint.")
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of the demo."""
+    parser = make_parser("Gradio demo of a detr-panoptic checkpoint.")
     add_predictor_arguments(parser, batch_size=None)
-    parser.add_argument("--port", type=int, default=7860)
-    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 for your LAN)")
+    parser.add_argument("--port", type=int, default=7860, help="port to serve on (default: 7860)")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1; 0.0.0.0 for your LAN)"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Start the demo server; returns the exit status (2 when gradio or the checkpoint is missing)."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -94,6 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ImportError:
         logger.error("gradio is not installed: pip install -r requirements-demo.txt")
         return 2
+    from finetune.inference import ModelLoadError
+
     try:
         predictor = predictor_from_args(args)
     except (ModelLoadError, ValueError) as err:

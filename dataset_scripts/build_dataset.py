@@ -1,7 +1,7 @@
 """Build a Hugging Face dataset from a COCO-panoptic folder, save it, optionally push it to the Hub.
 
-    python dataset_scripts/build_dataset.py --panoptic outputs/sample_panoptic --out outputs/sample_hf
-    python dataset_scripts/build_dataset.py --panoptic DIR --out HF_DIR --push-to-hub user/name [--private]
+    python dataset_scripts/build_dataset.py --dataset outputs/sample_panoptic --output-dir outputs/sample_hf
+    python dataset_scripts/build_dataset.py --dataset DIR --output-dir HF_DIR --push-to-hub user/name [--private]
 
 The saved folder loads with ``datasets.load_from_disk(HF_DIR)``; the pushed repository (Parquet
 shards + a card) with ``datasets.load_dataset("user/name")``. Either way the category table comes
@@ -16,12 +16,13 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-
-import datasets
+from typing import TYPE_CHECKING
 
 from dataset_scripts.atomic_io import atomic_directory
-from dataset_scripts.panoptic_builder import build_hf_dataset, load_categories
-from dataset_scripts.panoptic_format import PanopticFormatError
+from dataset_scripts.cli_options import add_option, make_parser
+
+if TYPE_CHECKING:  # `datasets` is imported where it is used: `--help` stays fast
+    import datasets
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,8 @@ def push_dataset(dataset: datasets.DatasetDict, repo_id: str, private: bool = Fa
 
 def summary_lines(dataset: datasets.DatasetDict) -> list[str]:
     """Human-readable rows/segments per split and the category table."""
+    from dataset_scripts.panoptic_builder import load_categories
+
     lines = []
     for name, split in dataset.items():
         segments = sum(len(s) for s in split["segments_info"])
@@ -55,31 +58,53 @@ def summary_lines(dataset: datasets.DatasetDict) -> list[str]:
     return lines
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--panoptic", required=True, type=Path, help="COCO-panoptic folder (converter output)"
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``build-panoptic-dataset``."""
+    parser = make_parser(__doc__.split("\n\n")[0])
+    add_option(
+        parser,
+        "dataset",
+        aliases=("--panoptic",),
+        type=Path,
+        required=True,
+        help="COCO-panoptic folder (the converter's --output-dir)",
     )
-    parser.add_argument("--out", required=True, type=Path, help="where to save_to_disk the DatasetDict")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
-    parser.add_argument("--cache-dir", type=Path, help="datasets cache for the prepared Arrow files")
+    add_option(
+        parser,
+        "output_dir",
+        aliases=("--out",),
+        type=Path,
+        required=True,
+        help="where to save_to_disk the DatasetDict",
+    )
+    add_option(parser, "overwrite", help="replace an existing --output-dir folder")
+    parser.add_argument(
+        "--cache-dir", type=Path, metavar="DIR", help="datasets cache for the prepared Arrow files"
+    )
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="also push to this Hub dataset repository")
     parser.add_argument("--private", action="store_true", help="create the Hub repository as private")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    return parser
 
-    if args.out.exists() and not args.overwrite:
-        logger.error("error: %s already exists; pass --overwrite to replace it", args.out)
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``build-panoptic-dataset`` command; returns the exit status (2 for bad input)."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from dataset_scripts.panoptic_builder import build_hf_dataset
+    from dataset_scripts.panoptic_format import PanopticFormatError
+
+    if args.output_dir.exists() and not args.overwrite:
+        logger.error("error: %s already exists; pass --overwrite to replace it", args.output_dir)
         return 2
     try:
-        dataset = build_hf_dataset(args.panoptic, cache_dir=args.cache_dir)
+        dataset = build_hf_dataset(args.dataset, cache_dir=args.cache_dir)
     except (FileNotFoundError, PanopticFormatError) as err:
         logger.error("error: %s", err)
         return 2
-    save_dataset(dataset, args.out, overwrite=args.overwrite)
+    save_dataset(dataset, args.output_dir, overwrite=args.overwrite)
     for line in summary_lines(dataset):
         logger.info(line)
-    logger.info("saved to %s (datasets.load_from_disk)", args.out)
+    logger.info("saved to %s (datasets.load_from_disk)", args.output_dir)
     if args.push_to_hub:
         push_dataset(dataset, args.push_to_hub, private=args.private)
         logger.info("pushed to https://huggingface.co/datasets/%s", args.push_to_hub)

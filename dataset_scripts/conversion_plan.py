@@ -6,6 +6,7 @@ then hands one `conversion.ImageJob` per picture to the workers.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -22,6 +23,74 @@ from dataset_scripts.conversion_report import (
 from dataset_scripts.cvat.records import MASK_KINDS, ConversionError, Export, ImageRecord
 from dataset_scripts.preview import distinct_colors
 from dataset_scripts.splits import assign_splits
+
+# Label names that usually mean stuff (amorphous background): a label with such a word in its name,
+# converted as a thing because no --stuff-labels / --stuff-from-model says otherwise, is warned about.
+STUFF_LIKE_WORDS = frozenset(
+    {
+        "asphalt",
+        "ceiling",
+        "concrete",
+        "dirt",
+        "floor",
+        "grass",
+        "gravel",
+        "ground",
+        "mud",
+        "pavement",
+        "road",
+        "sand",
+        "sidewalk",
+        "sky",
+        "snow",
+        "soil",
+        "terrain",
+        "vegetation",
+        "wall",
+        "water",
+    }
+)
+SPLIT_ORDER = ("train", "val", "test")
+
+
+def stuff_like_things(categories: Sequence[dict[str, Any]]) -> list[str]:
+    """Names of thing categories that look like stuff (a word of `STUFF_LIKE_WORDS`: ``floor``, ``brick_wall``)."""
+    return [
+        cat["name"]
+        for cat in categories
+        if cat["isthing"] and STUFF_LIKE_WORDS & set(re.split(r"[^a-z0-9]+", cat["name"].casefold()))
+    ]
+
+
+def preview_spread(pictures: Sequence[tuple[str, str, frozenset[int]]], count: int) -> list[int]:
+    """Which pictures to preview so that a few of them show every class and every split.
+
+    Splits take turns (train, val, test); in its turn a split gives the picture that adds the most
+    classes not shown yet (then the one with the most classes, then the first by name).
+
+    Args:
+        pictures: ``(name, split, category ids)`` per converted picture.
+        count: How many previews at most.
+
+    Returns:
+        Indices into ``pictures``, in the order chosen.
+    """
+    pools: dict[str, list[int]] = {}
+    for index in sorted(range(len(pictures)), key=lambda i: pictures[i][0]):
+        pools.setdefault(pictures[index][1], []).append(index)
+    turns = [s for s in SPLIT_ORDER if s in pools] + sorted(set(pools) - set(SPLIT_ORDER))
+    shown: set[int] = set()
+    chosen: list[int] = []
+    while len(chosen) < min(count, len(pictures)):
+        for split in turns:
+            pool = pools[split]
+            if not pool or len(chosen) >= count:
+                continue
+            best = max(pool, key=lambda i: (len(pictures[i][2] - shown), len(pictures[i][2])))
+            pool.remove(best)
+            chosen.append(best)
+            shown |= pictures[best][2]
+    return chosen
 
 
 def build_categories(

@@ -26,7 +26,13 @@ from PIL import Image
 
 from dataset_scripts.atomic_io import atomic_directory, atomic_write_json
 from dataset_scripts.conversion import ImageJob, ImageResult, convert_image, panoptic_png_name
-from dataset_scripts.conversion_plan import build_categories, plan_pictures, plan_splits
+from dataset_scripts.conversion_plan import (
+    build_categories,
+    plan_pictures,
+    plan_splits,
+    preview_spread,
+    stuff_like_things,
+)
 from dataset_scripts.conversion_report import ClassStats, ConversionReport
 from dataset_scripts.cvat.exports import merge_images, read_export
 from dataset_scripts.cvat.records import MASK_KINDS, ConversionError, ImageRecord
@@ -58,7 +64,8 @@ class ConversionOptions:
         test_ratio: Fraction of images in ``test``.
         seed: Split seed.
         num_workers: Worker processes (1: in this process).
-        preview: Number of colour overlays written to ``OUT/preview/``.
+        preview: Number of colour overlays written to ``OUT/preview/<split>_<name>.png``, chosen
+            by `conversion_plan.preview_spread` to show every class and split.
         skip_missing_images: Report missing picture files instead of failing.
         overwrite: Replace an existing output folder.
         image_dirs: Extra folders searched for pictures (after the export's own); pictures named
@@ -88,7 +95,7 @@ def _check_options(exports: Sequence[Path], out_dir: Path, options: ConversionOp
     if out_dir.exists() and not options.overwrite:
         raise FileExistsError(f"{out_dir} already exists; pass --overwrite to replace it")
     if out_dir.exists() and not out_dir.is_dir():
-        raise ConversionError(f"--out {out_dir}: exists and is not a folder")
+        raise ConversionError(f"--output-dir {out_dir}: exists and is not a folder")
     if options.overlap not in ("area", "order"):
         raise ConversionError(f"--overlap must be 'area' or 'order', got {options.overlap!r}")
     if (
@@ -107,9 +114,21 @@ def _check_options(exports: Sequence[Path], out_dir: Path, options: ConversionOp
     while not ancestor.exists():
         ancestor = ancestor.parent
     if not ancestor.is_dir():
-        raise ConversionError(f"--out {out_dir}: {ancestor} is a file, not a folder")
+        raise ConversionError(f"--output-dir {out_dir}: {ancestor} is a file, not a folder")
     if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise ConversionError(f"--out {out_dir}: folder {ancestor} is not writable")
+        raise ConversionError(f"--output-dir {out_dir}: folder {ancestor} is not writable")
+
+
+def _warn_stuff_like_things(categories: list[dict[str, Any]], options: ConversionOptions) -> None:
+    """Warn when no stuff option is given but some labels, converted as things, look like stuff."""
+    names = stuff_like_things(categories)
+    if names and not options.stuff_labels and not options.stuff_from_model:
+        logger.warning(
+            "warning: label(s) %s look like stuff but are converted as things (one segment per shape); "
+            "if they are stuff, pass --stuff-labels %s (or --stuff-from-model)",
+            ", ".join(names),
+            " ".join(names),
+        )
 
 
 def _stuff_cache_dir(out_dir: Path, options: ConversionOptions) -> Path:
@@ -173,7 +192,10 @@ def _write_previews(
     from dataset_scripts.preview import draw_panoptic_overlay
 
     by_id = {cat["id"]: cat for cat in categories}
-    for result in sorted(results, key=lambda r: r.name)[:count]:
+    spread = preview_spread(
+        [(r.name, r.split, frozenset(s["category_id"] for s in r.segments_info)) for r in results], count
+    )
+    for result in (results[index] for index in spread):
         with Image.open(out_root / result.split / result.name) as img:
             image = img.convert("RGB")
         ids = read_panoptic_png(
@@ -195,7 +217,7 @@ def _write_previews(
         ]
         overlay = draw_panoptic_overlay(image, ids, segments)
         (out_root / "preview").mkdir(exist_ok=True)
-        overlay.convert("RGB").save(out_root / "preview" / panoptic_png_name(result.name))
+        overlay.convert("RGB").save(out_root / "preview" / f"{result.split}_{panoptic_png_name(result.name)}")
 
 
 def _write_outputs(
@@ -248,7 +270,7 @@ def _build_folder(
         raise ConversionError(f"{err} (the stuff maps stay in {stuff_cache} for the next run)") from err
     except OSError as err:  # the output cannot be written (permissions, full disk, ...)
         where = err.filename or out_dir
-        raise ConversionError(f"--out {out_dir}: cannot write {where} ({err.strerror or err})") from err
+        raise ConversionError(f"--output-dir {out_dir}: cannot write {where} ({err.strerror or err})") from err
 
 
 def convert_exports(exports: list[Path], out_dir: Path, options: ConversionOptions) -> ConversionReport:
@@ -282,6 +304,7 @@ def convert_exports(exports: list[Path], out_dir: Path, options: ConversionOptio
             raise ConversionError(f"--stuff-map: {err}") from err
     model_stuff = list(mapping.stuff_names) if mapping else []
     categories, warnings = build_categories(loaded, images, options.stuff_labels, model_stuff)
+    _warn_stuff_like_things(categories, options)
     refs = {cat["name"]: CategoryRef(cat["id"], bool(cat["isthing"])) for cat in categories}
     pictures = plan_pictures(images, options.skip_missing_images, need_masks=mapping is None)
     split_of, split_warnings = plan_splits(

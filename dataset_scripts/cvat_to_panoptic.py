@@ -3,7 +3,7 @@
 Usage::
 
     cvat-to-panoptic --cvat EXPORT [--cvat EXPORT ...] \\
-        [--stuff-labels LABEL ...] [--stuff-from-model [MODEL]] --out DIR [options]
+        [--stuff-labels LABEL ...] [--stuff-from-model [MODEL]] --output-dir DIR [options]
 
 An EXPORT is a CVAT "COCO 1.0" export folder (``annotations/instances_default.json`` +
 ``images/``), a "CVAT for images 1.1" folder (``annotations.xml`` + ``images/``), a folder of
@@ -25,6 +25,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from dataset_scripts.cli_options import add_option, make_parser
 from dataset_scripts.converter import ConversionOptions, convert_exports
 from dataset_scripts.cvat.records import ConversionError
 from dataset_scripts.interrupts import Interrupted, handle_signals
@@ -39,7 +40,7 @@ DEFAULT_STUFF_MODEL = "facebook/detr-resnet-50-panoptic"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = make_parser(__doc__.split("\n\n")[0])
     _add_io_arguments(parser)
     _add_option_arguments(parser)
     return parser
@@ -55,7 +56,7 @@ def _add_io_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="EXPORT",
         help="CVAT export folder or annotation file (repeat to merge several)",
     )
-    add("--out", type=Path, required=True, metavar="DIR", help="output COCO-panoptic folder")
+    add_option(parser, "output_dir", aliases=("--out",), type=Path, required=True, help="output COCO-panoptic folder")
 
 
 def _add_option_arguments(parser: argparse.ArgumentParser) -> None:
@@ -87,15 +88,16 @@ def _add_option_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         default=None,
         metavar="DIR",
-        help="where model stuff maps are cached (default DIR.stuff-cache next to --out); kept to resume",
+        help="where model stuff maps are cached (default DIR.stuff-cache next to --output-dir); kept to resume",
     )
     add(
         "--stuff-batch-size",
         type=int,
         default=None,
+        metavar="N",
         help="stuff-model batch size (default: 4 on a GPU, 1 on CPU)",
     )
-    add("--device", default=None, help="device of the stuff model (default: automatic)")
+    add_option(parser, "device", default=None, help="device of the stuff model (default: automatic)")
     add("--keep-crowd", action="store_true", help="keep iscrowd=1 (CVAT sets it on brush masks)")
     add(
         "--overlap",
@@ -103,11 +105,17 @@ def _add_option_arguments(parser: argparse.ArgumentParser) -> None:
         default="area",
         help="who wins where z_order is equal or lost: the smaller region (area) or the later one",
     )
-    add("--val-ratio", type=float, default=0.2)
-    add("--test-ratio", type=float, default=0.0)
-    add("--seed", type=int, default=0)
-    add("--num-workers", type=int, default=1)
-    add("--preview", type=int, default=0, metavar="N", help="write N colour overlays to DIR/preview/")
+    add("--val-ratio", type=float, default=0.2, metavar="F", help="fraction of images in val (default: 0.2)")
+    add("--test-ratio", type=float, default=0.0, metavar="F", help="fraction of images in test (default: 0)")
+    add_option(parser, "seed", type=int, default=0, help="seed of the train/val/test split (default: 0)")
+    add_option(parser, "num_workers", type=int, default=1, help="worker processes (default: 1, this process)")
+    add(
+        "--preview",
+        type=int,
+        default=0,
+        metavar="N",
+        help="write N colour overlays to DIR/preview/<split>_<image>.png, chosen to show every class and split",
+    )
     add("--skip-missing-images", action="store_true", help="report missing pictures instead of failing")
     add(
         "--images",
@@ -118,7 +126,7 @@ def _add_option_arguments(parser: argparse.ArgumentParser) -> None:
         help="extra folder to look for pictures in (repeatable); also allows pictures named by a path "
         "that leaves the export, when they lie in DIR",
     )
-    add("--overwrite", action="store_true", help="replace an existing --out folder")
+    add_option(parser, "overwrite", help="replace an existing --output-dir folder")
 
 
 def _options(args: argparse.Namespace) -> ConversionOptions:
@@ -148,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         with handle_signals():
-            report = convert_exports(args.cvat, args.out, _options(args))
+            report = convert_exports(args.cvat, args.output_dir, _options(args))
     except (ConversionError, PanopticFormatError, FileExistsError) as err:
         logger.error("error: %s", str(err).replace("\n", " "))
         return 2
@@ -159,10 +167,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (Interrupted, KeyboardInterrupt) as err:
         signum = err.signum if isinstance(err, Interrupted) else signal.SIGINT
         what = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
-        logger.error("error: %s: nothing written to %s", what, args.out)
+        logger.error("error: %s: nothing written to %s", what, args.output_dir)
         return 128 + signum
     logger.info("%s", report.format_table())
-    logger.info("wrote %s", args.out)
+    logger.info("wrote %s", args.output_dir)
     return 0
 
 

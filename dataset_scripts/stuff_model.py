@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dataset_scripts.cli_options import add_option, make_parser
 from dataset_scripts.stuff.cache import (
     CACHE_INFO_NAME,
     StuffCacheError,
@@ -131,28 +132,34 @@ def _process_state(device: str | None):
     return PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``stuff-pseudo-labels``."""
+    parser = make_parser(__doc__.split("\n\n")[0])
     parser.add_argument(
         "images", nargs="+", type=Path, help="picture files or folders (searched recursively)"
     )
-    parser.add_argument("--cache-dir", type=Path, required=True, help="folder of the cached stuff maps")
     parser.add_argument(
-        "--model", default=DEFAULT_MODEL, help="Hub id or local folder (default: %(default)s)"
+        "--cache-dir", type=Path, required=True, metavar="DIR", help="folder of the cached stuff maps"
     )
+    add_option(parser, "model", default=DEFAULT_MODEL, help="Hub id or local folder (default: %(default)s)")
     parser.add_argument(
-        "--mapping", type=Path, default=None, help=f"mapping YAML (default: {DEFAULT_MAPPING_PATH})"
+        "--mapping", type=Path, default=None, metavar="YAML", help=f"mapping YAML (default: {DEFAULT_MAPPING_PATH})"
     )
-    parser.add_argument(
-        "--batch-size",
+    add_option(
+        parser,
+        "batch_size",
         type=int,
         default=None,
         help="pictures per forward pass (default: 4 on a GPU, 1 on CPU)",
     )
-    parser.add_argument(
-        "--device", default=None, help="torch device (default: cuda when available, else cpu)"
-    )
-    parser.add_argument("--threshold", type=float, default=0.85, help="minimum segment score (default: 0.85)")
+    add_option(parser, "device", default=None, help="torch device (default: cuda when available, else cpu)")
+    add_option(parser, "threshold", type=float, default=0.85, help="minimum segment score (default: 0.85)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``stuff-pseudo-labels`` command; returns the exit status (2 for bad input)."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     state = _process_state(args.device)

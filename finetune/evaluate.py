@@ -1,7 +1,7 @@
 """Evaluate a saved checkpoint on a dataset split: PQ / SQ / RQ (all, things, stuff, per class) and box mAP.
 
     python finetune/evaluate.py --model outputs/quickstart/final --dataset outputs/sample_panoptic \
-        [--split val] [--threshold T] [--batch-size 4] [--save-predictions DIR] [--json-out F] [--full-forward]
+        [--split val] [--threshold T] [--batch-size 4] [--save-predictions DIR] [--output-json F] [--full-forward]
 
 ``--model``: a checkpoint folder (``output_dir/final``: config with ``stuff_label_ids``, weights,
 preprocessor) or a Hub id. ``--dataset``: a COCO-panoptic folder (built into a `datasets` cache
@@ -17,7 +17,12 @@ for comparison) against the dataset's panoptic PNGs; box mAP uses DETR's box hea
 threshold 0, as COCO ranks by score) from the same forward pass, like the evaluation during training. ``--save-predictions DIR`` writes
 ``DIR/panoptic_{split}.json`` + ``DIR/panoptic_{split}/*.png`` (COCO-panoptic), which
 ``python -m finetune.evaluation.panoptic_quality`` and other tools can score.
+
+All metrics, printed and in ``--output-json``, are fractions in [0, 1], like training's logs and
+``all_results.json`` (panopticapi prints percent).
 """
+
+from __future__ import annotations
 
 import argparse
 import logging
@@ -26,16 +31,15 @@ import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-from tqdm import tqdm
+from typing import TYPE_CHECKING, Any
 
 from dataset_scripts.atomic_io import atomic_directory, atomic_write_json
-from finetune.evaluation.box_map import BoxMapAccumulator
-from finetune.evaluation.panoptic_quality import PQAccumulator, results_to_json
-from finetune.evaluation.scoring import flat_results, update_box_map
-from finetune.inference.predictor import ModelLoadError, add_predictor_arguments, predictor_from_args
+from dataset_scripts.cli_options import add_option, make_parser
+from finetune.predictor_options import add_predictor_arguments, predictor_from_args
+
+if TYPE_CHECKING:  # torch-backed modules are imported where they are used: `--help` stays fast
+    from finetune.evaluation.box_map import BoxMapAccumulator
+    from finetune.evaluation.panoptic_quality import PQAccumulator
 
 logger = logging.getLogger("finetune.evaluate")
 
@@ -129,6 +133,8 @@ class _SavedPredictions:
 
 def _predicted_batches(predictor: Any, split: Any, count: int) -> Iterator[tuple[int, list[dict], Any]]:
     """``(index of the first row, rows, BatchOutput)`` per batch of ``predictor.batch_size`` rows."""
+    from tqdm import tqdm
+
     for start in tqdm(range(0, count, predictor.batch_size), desc="evaluate", unit="batch"):
         rows = [split[i] for i in range(start, min(start + predictor.batch_size, count))]  # decoded once
         yield start, rows, predictor.predict_batch([row["image"] for row in rows])
@@ -158,6 +164,11 @@ def evaluate_split(
         ``all_results.json`` (``pq``, ``sq``, ``rq``, ``pq_things``..., ``box_map``...,
         ``per_class_pq`` {name: pq}) plus ``panoptic_quality`` (pq_compute layout) and ``num_images``.
     """
+    import numpy as np
+
+    from finetune.evaluation.box_map import BoxMapAccumulator
+    from finetune.evaluation.panoptic_quality import PQAccumulator, results_to_json
+    from finetune.evaluation.scoring import flat_results, update_box_map
     from finetune.predict import output_stems
 
     if max_images is not None and max_images < 1:
@@ -198,19 +209,32 @@ def evaluate_split(
     return results, pq, boxes
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Evaluate a checkpoint: PQ tables and box mAP.")
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``detr-panoptic-evaluate``."""
+    parser = make_parser("Evaluate a checkpoint: PQ tables and box mAP (fractions in [0, 1]).")
     add_predictor_arguments(parser)
-    parser.add_argument("--dataset", required=True, help="COCO-panoptic folder or save_to_disk folder")
-    parser.add_argument("--split", default="val")
-    parser.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images")
-    parser.add_argument("--cache-dir", default=None, help="datasets cache for a COCO-panoptic folder")
+    add_option(parser, "dataset", required=True, help="COCO-panoptic folder or save_to_disk folder")
+    parser.add_argument("--split", default="val", help="split to evaluate (default: val)")
     parser.add_argument(
-        "--save-predictions", default=None, help="write COCO-panoptic predictions to this folder"
+        "--max-images", type=int, default=None, metavar="N", help="evaluate only the first N images"
     )
-    parser.add_argument("--json-out", default=None, help="write the metrics to this JSON file")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--cache-dir", default=None, metavar="DIR", help="datasets cache for a COCO-panoptic folder"
+    )
+    parser.add_argument(
+        "--save-predictions", default=None, metavar="DIR", help="write COCO-panoptic predictions to this folder"
+    )
+    add_option(
+        parser, "output_json", aliases=("--json-out",), default=None, help="write the metrics to this JSON file"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``detr-panoptic-evaluate`` command; returns the exit status (2 for bad input)."""
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from finetune.inference import ModelLoadError
 
     try:
         split, categories = load_split(args.dataset, args.split, args.cache_dir)
@@ -228,12 +252,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(pq.table())
     print(
-        f"\nbox mAP {100 * results['box_map']:.1f}  AP50 {100 * results['box_map_50']:.1f}  "
-        f"AP75 {100 * results['box_map_75']:.1f}   ({results['num_images']} images, split {args.split})"
+        f"\nbox mAP {results['box_map']:.3f}  AP50 {results['box_map_50']:.3f}  "
+        f"AP75 {results['box_map_75']:.3f}   (fractions; {results['num_images']} images, split {args.split})"
     )
-    if args.json_out:
-        atomic_write_json(args.json_out, results, indent=2)
-        logger.info("wrote %s", args.json_out)
+    if args.output_json:
+        atomic_write_json(args.output_json, results, indent=2)
+        logger.info("wrote the metrics to %s", args.output_json)
     return 0
 
 

@@ -1,6 +1,6 @@
 """Predict panoptic segmentations of images with a trained checkpoint; write COCO-panoptic + overlays.
 
-    python finetune/predict.py photos/ more/*.jpg one.png --model outputs/quickstart/final --out preds
+    python finetune/predict.py photos/ more/*.jpg one.png --model outputs/quickstart/final --output-dir preds
 
 For every image that can be read:
   * ``OUT/panoptic_predictions/<stem>.png``: the segment-id PNG (id = R + 256 G + 256^2 B),
@@ -31,6 +31,8 @@ least one image was processed, 1 when none could be (nothing found, or every fil
 Every file is written atomically (temporary file + rename), the JSON last.
 """
 
+from __future__ import annotations
+
 import argparse
 import glob
 import io
@@ -39,23 +41,19 @@ import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
-from tqdm.auto import tqdm
 
 from dataset_scripts.atomic_io import atomic_write_bytes, atomic_write_json
+from dataset_scripts.cli_options import add_option, make_parser
 from dataset_scripts.cvat.records import ConversionError
 from dataset_scripts.image_io import load_upright_rgb
 from dataset_scripts.panoptic_format import load_json, write_panoptic_png
-from finetune.inference import (
-    ModelLoadError,
-    PanopticPrediction,
-    PanopticPredictor,
-    label_to_category,
-    render_overlay,
-)
-from finetune.inference.predictor import add_predictor_arguments, predictor_from_args
+from finetune.predictor_options import add_predictor_arguments, predictor_from_args
+
+if TYPE_CHECKING:  # torch-backed: imported where used, so that `--help` stays fast
+    from finetune.inference import PanopticPrediction, PanopticPredictor
 
 logger = logging.getLogger("predict")
 
@@ -67,11 +65,12 @@ OVERLAYS_DIR = "overlays"
 
 @dataclass
 class PredictSummary:
-    """What a run did: images processed, images skipped (path, reason), where the JSON is."""
+    """What a run did: images processed, images skipped (path, reason), where the JSON and overlays are."""
 
     processed: int
     skipped: list[tuple[str, str]]
     json_path: Path
+    overlays_dir: Path | None = None
 
 
 def collect_images(inputs: Iterable[str]) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -122,6 +121,8 @@ def model_categories(predictor: PanopticPredictor, gt_categories: list[dict] | N
     Raises:
         LabelMismatchError: with `gt_categories`, the model's labels do not match them.
     """
+    from finetune.inference import label_to_category
+
     to_gt = label_to_category(predictor.model.config, gt_categories) if gt_categories is not None else None
     categories = []
     for label, name in sorted(predictor.id2label.items()):
@@ -201,6 +202,10 @@ def predict_images(
 
     Images that cannot be decoded are logged and skipped. Batches follow ``predictor.batch_size``.
     """
+    from tqdm.auto import tqdm
+
+    from finetune.inference import render_overlay
+
     out_dir = Path(out_dir)
     gt = load_json(gt_json) if gt_json is not None else None
     categories = model_categories(predictor, gt["categories"] if gt else None)
@@ -265,26 +270,47 @@ def predict_images(
                 "categories": categories,
             },
         )
-    return PredictSummary(processed=len(annotations), skipped=skipped, json_path=json_path)
+    return PredictSummary(
+        processed=len(annotations),
+        skipped=skipped,
+        json_path=json_path,
+        overlays_dir=out_dir / OVERLAYS_DIR if overlays and annotations else None,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description="Panoptic predictions (COCO-panoptic PNG + JSON, colour overlays) for images.",
+    """The command line of ``detr-panoptic-predict``."""
+    parser = make_parser(
+        "Panoptic predictions (COCO-panoptic PNG + JSON, colour overlays) for images.",
         epilog="Exit status: 0 if at least one image was processed, 1 if none could be, 2 on a usage error.",
     )
     parser.add_argument(
         "images", nargs="+", help="image files, folders (searched recursively) or glob patterns"
     )
     add_predictor_arguments(parser)
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--gt-json", default=None, help="dataset panoptic JSON giving image and category ids")
+    add_option(parser, "output_dir", aliases=("--out",), required=True, help="output folder")
+    parser.add_argument(
+        "--gt-json", default=None, metavar="FILE", help="dataset panoptic JSON giving image and category ids"
+    )
     parser.add_argument("--no-overlays", action="store_true", help="write only the PNGs and the JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
+def _log_summary(summary: PredictSummary, device: Any) -> None:
+    logger.info(
+        "%d image(s) processed on %s, %d skipped", summary.processed, device, len(summary.skipped)
+    )
+    for path, reason in summary.skipped:
+        logger.info("  skipped %s (%s)", path, reason)
+    if summary.processed:
+        logger.info("predictions (COCO-panoptic JSON): %s", summary.json_path)
+    if summary.overlays_dir is not None:
+        logger.info("overlays (PNG, one per image): %s", summary.overlays_dir)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``detr-panoptic-predict`` command; returns the exit status (0, 1 nothing processed, 2 bad input)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     paths, problems = collect_images(args.images)
@@ -293,12 +319,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not paths:
         logger.error("no image to process")
         return 1
+    from finetune.inference import ModelLoadError
+
     try:
         predictor = predictor_from_args(args)
         summary = predict_images(
             paths,
             predictor,
-            args.out,
+            args.output_dir,
             gt_json=args.gt_json,
             overlays=not args.no_overlays,
             progress=not args.quiet,
@@ -306,15 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ModelLoadError, ValueError, FileNotFoundError) as err:
         logger.error("%s", err)
         return 2
-    logger.info(
-        "%d image(s) processed on %s, %d skipped; predictions: %s",
-        summary.processed,
-        predictor.device,
-        len(summary.skipped),
-        summary.json_path if summary.processed else "-",
-    )
-    for path, reason in summary.skipped:
-        logger.info("  skipped %s (%s)", path, reason)
+    _log_summary(summary, predictor.device)
     return 0 if summary.processed else 1
 
 

@@ -287,7 +287,7 @@ def test_unwritable_output_is_a_one_line_error(tmp_path, parent_is_file, monkeyp
         (tmp_path / "file").write_text("x")
         out = tmp_path / "file" / "out"
         code, errors = run_cli(["--cvat", export, "--out", out], caplog)
-        assert code == 2 and errors == [f"error: --out {out}: {tmp_path / 'file'} is a file, not a folder"]
+        assert code == 2 and errors == [f"error: --output-dir {out}: {tmp_path / 'file'} is a file, not a folder"]
         return
     # The tests may run as root (every folder writable): make the temporary folder fail instead.
     import tempfile
@@ -298,7 +298,7 @@ def test_unwritable_output_is_a_one_line_error(tmp_path, parent_is_file, monkeyp
     monkeypatch.setattr(tempfile, "mkdtemp", refuse)
     out = tmp_path / "out"
     code, errors = run_cli(["--cvat", export, "--out", out], caplog)
-    assert code == 2 and errors == [f"error: --out {out}: cannot write {tmp_path} (Permission denied)"]
+    assert code == 2 and errors == [f"error: --output-dir {out}: cannot write {tmp_path} (Permission denied)"]
     assert no_output_left(tmp_path, out)
 
 
@@ -306,7 +306,7 @@ def test_not_writable_output_folder_is_refused_before_any_work(tmp_path, monkeyp
     export = one_image_coco(tmp_path / "export", [ann(1)])
     monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path)
     code, errors = run_cli(["--cvat", export, "--out", tmp_path / "out"], caplog)
-    assert code == 2 and errors == [f"error: --out {tmp_path / 'out'}: folder {tmp_path} is not writable"]
+    assert code == 2 and errors == [f"error: --output-dir {tmp_path / 'out'}: folder {tmp_path} is not writable"]
 
 
 # ----------------------------------------------------------------------------- pictures outside

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from dataset_scripts.cli_options import add_option, make_parser
 from dataset_scripts.panoptic_format import PanopticFormatError, read_panoptic_ids, retain_freed_memory
 from finetune.evaluation.pq_core import CategoryIndex, PanopticEvaluationError, image_pq_stats
 from finetune.evaluation.pq_inputs import (
@@ -190,43 +191,63 @@ def evaluate_folders(
     return summarize(stats, categories), stats, categories
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m finetune.evaluation.panoptic_quality`` (``detr-panoptic-pq``)."""
+    parser = make_parser(
+        "Panoptic quality of COCO-panoptic predictions (panopticapi semantics, faster; fractions in [0, 1]).",
+        prog="python -m finetune.evaluation.panoptic_quality",
+    )
+    parser.add_argument("--gt-json", required=True, metavar="FILE", help="ground-truth panoptic JSON")
+    parser.add_argument(
+        "--gt-folder", metavar="DIR", help="ground-truth PNG folder (default: the JSON path without .json)"
+    )
+    parser.add_argument("--pred-json", required=True, metavar="FILE", help="prediction panoptic JSON")
+    parser.add_argument(
+        "--pred-folder", metavar="DIR", help="prediction PNG folder (default: the JSON path without .json)"
+    )
+    add_option(
+        parser,
+        "output_json",
+        aliases=("--json-out",),
+        help="write the results (pq_compute layout + per_class, fractions) to this JSON file",
+    )
+    add_option(
+        parser,
+        "num_workers",
+        aliases=("--workers",),
+        type=int,
+        default=None,
+        help="worker processes (default: CPU count)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="print only the summary table")
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The CLI; returns the exit status (2 for bad input, with a one-line error)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m finetune.evaluation.panoptic_quality",
-        description="Panoptic quality of COCO-panoptic predictions (panopticapi semantics, faster).",
-    )
-    parser.add_argument("--gt-json", required=True, help="ground-truth panoptic JSON")
-    parser.add_argument("--gt-folder", help="ground-truth PNG folder (default: the JSON path without .json)")
-    parser.add_argument("--pred-json", required=True, help="prediction panoptic JSON")
-    parser.add_argument("--pred-folder", help="prediction PNG folder (default: the JSON path without .json)")
-    parser.add_argument(
-        "--json-out", help="write the results (pq_compute layout + per_class) to this JSON file"
-    )
-    parser.add_argument("--workers", type=int, default=None, help="worker processes (default: CPU count)")
-    parser.add_argument("--quiet", action="store_true", help="print only the summary table")
+    parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
 
     start = time.perf_counter()
-    retain_freed_memory()  # this process is ours; with --workers 1 it decodes every PNG itself
+    retain_freed_memory()  # this process is ours; with --num-workers 1 it decodes every PNG itself
     try:
         results, stats, categories = evaluate_folders(
-            args.gt_json, args.pred_json, args.gt_folder, args.pred_folder, workers=args.workers
+            args.gt_json, args.pred_json, args.gt_folder, args.pred_folder, workers=args.num_workers
         )
     except PanopticEvaluationError as err:
         logger.error("%s", err)
         return 2
     tables = format_tables(results, stats, categories)
     print(tables.split("\n\n")[0] if args.quiet else tables)
-    if args.json_out:
+    if args.output_json:
         from dataset_scripts.atomic_io import atomic_write_json
 
         try:
-            atomic_write_json(args.json_out, results_to_json(results), indent=2)
+            atomic_write_json(args.output_json, results_to_json(results), indent=2)
         except OSError as err:
-            logger.error("cannot write %s: %s", args.json_out, err.strerror or err)
+            logger.error("cannot write %s: %s", args.output_json, err.strerror or err)
             return 2
-        logger.info("wrote %s", args.json_out)
+        logger.info("wrote %s", args.output_json)
     logger.info("evaluated %d categories in %.2f s", len(categories), time.perf_counter() - start)
     return 0

@@ -46,17 +46,23 @@ def summarize(stats: np.ndarray, categories: CategoryIndex) -> dict[str, Any]:
 
 
 def format_tables(results: dict[str, Any], stats: np.ndarray, categories: CategoryIndex) -> str:
-    """The panopticapi summary table followed by a per-class table (percent)."""
-    lines = [f"{'':10s}| {'PQ':>5s}  {'SQ':>5s}  {'RQ':>5s} {'N':>5s}", "-" * 38]
+    """The panopticapi summary table followed by a per-class table.
+
+    PQ / SQ / RQ are fractions in [0, 1], the unit of training logs and ``all_results.json``
+    (panopticapi prints percent); the header says so.
+    """
+    lines = [
+        f"{'fractions':10s}| {'PQ':>5s}  {'SQ':>5s}  {'RQ':>5s} {'N':>5s}",
+        "-" * 38,
+    ]
     for group in ("All", "Things", "Stuff"):
         r = results[group]
-        lines.append(
-            f"{group:10s}| {100 * r['pq']:5.1f}  {100 * r['sq']:5.1f}  {100 * r['rq']:5.1f} {r['n']:5d}"
-        )
+        lines.append(f"{group:10s}| {r['pq']:5.3f}  {r['sq']:5.3f}  {r['rq']:5.3f} {r['n']:5d}")
     width = max([10, *(len(name) for name in categories.names)])
     lines += [
         "",
-        f"{'class':{width}s} {'kind':5s} | {'PQ':>5s} {'SQ':>5s} {'RQ':>5s} | {'TP':>5s} {'FP':>5s} {'FN':>5s}",
+        f"{'class':{width}s} {'kind':5s} | {'PQ':>5s} {'SQ':>5s} {'RQ':>5s} | {'TP':>5s} {'FP':>5s} {'FN':>5s}"
+        "   (PQ/SQ/RQ: fractions in [0, 1])",
     ]
     lines.append("-" * len(lines[-1]))
     for row, cat_id in enumerate(categories.ids):
@@ -69,8 +75,8 @@ def format_tables(results: dict[str, Any], stats: np.ndarray, categories: Catego
             continue
         pc = results["per_class"][cat_id]
         lines.append(
-            f"{categories.names[row]:{width}s} {kind:5s} | {100 * pc['pq']:5.1f} {100 * pc['sq']:5.1f} "
-            f"{100 * pc['rq']:5.1f} | {tp:5d} {fp:5d} {fn:5d}"
+            f"{categories.names[row]:{width}s} {kind:5s} | {pc['pq']:5.3f} {pc['sq']:5.3f} "
+            f"{pc['rq']:5.3f} | {tp:5d} {fp:5d} {fn:5d}"
         )
     return "\n".join(lines)
 

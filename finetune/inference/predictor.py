@@ -17,7 +17,6 @@ Example::
 
 from __future__ import annotations
 
-import argparse
 import os
 from collections.abc import Sequence
 from dataclasses import replace
@@ -37,6 +36,15 @@ from finetune.inference.metadata import (
     stuff_label_ids,
 )
 from finetune.modeling.loading import ModelUnavailableError, load_checkpoint
+from finetune.predictor_options import add_predictor_arguments, predictor_from_args
+
+__all__ = [
+    "ModelLoadError",
+    "PanopticPredictor",
+    "add_predictor_arguments",  # re-exported: the CLI helpers live in `finetune.predictor_options`
+    "predictor_from_args",
+    "render_overlay",
+]
 
 
 class ModelLoadError(RuntimeError):
@@ -191,43 +199,6 @@ class PanopticPredictor:
                 }
             )
         return PanopticPrediction(ids=prediction.ids, segments=segments)
-
-
-def add_predictor_arguments(parser: argparse.ArgumentParser, batch_size: int | None = 4) -> None:
-    """The command-line options that choose and configure a `PanopticPredictor` (see `predictor_from_args`).
-
-    Args:
-        parser: The command's parser.
-        batch_size: Default of ``--batch-size``; None = no such option (one image at a time).
-    """
-    parser.add_argument("--model", required=True, help="checkpoint folder (output_dir/final) or Hub model id")
-    parser.add_argument(
-        "--threshold", type=float, default=None, help="minimum segment score (default: the checkpoint's)"
-    )
-    if batch_size is not None:
-        parser.add_argument("--batch-size", type=int, default=batch_size, help="images per forward pass")
-    parser.add_argument("--device", default=None, help="cuda, cpu... (default: cuda when available)")
-    parser.add_argument(
-        "--full-forward",
-        action="store_true",
-        help="run the mask head on every query, as transformers does (same result, slower; for comparison)",
-    )
-
-
-def predictor_from_args(args: argparse.Namespace) -> PanopticPredictor:
-    """The `PanopticPredictor` that `add_predictor_arguments`' options describe.
-
-    Raises:
-        ModelLoadError: the checkpoint cannot be loaded.
-        ValueError: a bad threshold or batch size.
-    """
-    return PanopticPredictor.from_pretrained(
-        args.model,
-        threshold=args.threshold,
-        device=args.device,
-        batch_size=getattr(args, "batch_size", 1),
-        full_forward=args.full_forward,
-    )
 
 
 def render_overlay(image: Image.Image, prediction: PanopticPrediction, alpha: float = 0.5) -> Image.Image:
