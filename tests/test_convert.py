@@ -260,7 +260,7 @@ def test_preview(exports):
     out = exports["root"] / "out"
     convert_exports([exports["coco"]], out, options(preview=2))
     previews = sorted((out / "preview").glob("*.png"))
-    assert [p.name for p in previews] == ["a.png", "b.png"]
+    assert [p.name for p in previews] == ["train_b.png", "val_a.png"]  # one per split, named by it
     with Image.open(previews[0]) as img:
         assert img.width == W and img.height > H  # legend strip below the picture
 

@@ -31,12 +31,14 @@ def handmade(monkeypatch):
 
     monkeypatch.setattr(DetrForSegmentation, "forward", forward)
     # The hand-made outputs replace the full forward, which the predictor then has to run.
-    real_init = predict.PanopticPredictor.__init__
+    from finetune.inference import PanopticPredictor
+
+    real_init = PanopticPredictor.__init__
 
     def full_forward_init(self, *args, **kwargs):
         real_init(self, *args, **{**kwargs, "full_forward": True})
 
-    monkeypatch.setattr(predict.PanopticPredictor, "__init__", full_forward_init)
+    monkeypatch.setattr(PanopticPredictor, "__init__", full_forward_init)
 
 
 @pytest.fixture
