@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
-from scipy import ndimage
 
 from dataset_scripts.panoptic_format import VOID_ID
 
@@ -105,12 +104,16 @@ def _outline(ids: np.ndarray, thickness: int) -> np.ndarray:
     edge[1:, :] |= vertical
     edge[:-1, :] |= vertical
     if thickness > 1:
+        from scipy import ndimage  # imported when drawing: the converter's `--help` stays fast
+
         edge = ndimage.binary_dilation(edge, iterations=thickness - 1)
     return edge
 
 
 def _label_anchor(mask: np.ndarray) -> tuple[int, int]:
     """(x, y) of the pixel of `mask` farthest from its border: always inside the segment."""
+    from scipy import ndimage
+
     rows, cols = np.nonzero(mask)
     top, left = rows.min(), cols.min()
     crop = np.pad(mask[top : rows.max() + 1, left : cols.max() + 1], 1)

@@ -83,7 +83,7 @@ def test_evaluate_checkpoint_and_saved_predictions_agree(setup, capsys):
     out, preds = setup["root"] / "metrics.json", setup["root"] / "predictions"
     argv = ["--model", str(setup["model"]), "--dataset", str(setup["dataset"]), "--threshold", "0.0"]
     argv += ["--batch-size", "2", "--device", "cpu", "--cache-dir", str(setup["root"] / "cache")]
-    argv += ["--save-predictions", str(preds), "--json-out", str(out)]
+    argv += ["--save-predictions", str(preds), "--output-json", str(out)]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "All" in printed and "worker" in printed and "box mAP" in printed
@@ -92,6 +92,13 @@ def test_evaluate_checkpoint_and_saved_predictions_agree(setup, capsys):
     assert metrics["num_images"] == 3
     for key in ("pq", "sq", "rq", "pq_things", "pq_stuff", "box_map", "box_map_50", "box_map_75"):
         assert 0.0 <= metrics[key] <= 1.0, key
+    # one PQ unit (issue 12): the printout shows the JSON's fractions, and says so
+    lines = printed.splitlines()
+    assert lines[0].split("|")[0].strip() == "fractions"
+    all_row = next(line for line in lines if line.startswith("All"))
+    assert float(all_row.split("|")[1].split()[0]) == pytest.approx(metrics["pq"], abs=0.0005)
+    box_row = next(line for line in lines if line.startswith("box mAP"))
+    assert float(box_row.split()[2]) == pytest.approx(metrics["box_map"], abs=0.0005) and "fractions" in box_row
     assert set(metrics["per_class_pq"]) == {"crane", "floor", "worker"}
 
     # the saved COCO-panoptic predictions: one PNG per image, segments matching the PNG ids

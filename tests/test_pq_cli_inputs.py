@@ -215,3 +215,20 @@ def test_size_mismatch_names_both_files(tmp_path, capsys, caplog):
         "image 11 (000011.png; prediction image 11, other.png): prediction size (8, 10) differs from "
         "ground truth size (6, 9)"
     ) in caplog.text
+
+
+def test_table_and_json_are_fractions(tmp_path, capsys):
+    """One PQ unit (issue 12): the printed tables and ``--output-json`` are fractions in [0, 1]."""
+    gt, pred = _three_images(tmp_path, {10: 10, 11: 11, 12: 12})
+    out = tmp_path / "fractions.json"
+    argv = ["--gt-json", str(gt[0]), "--gt-folder", str(gt[1]), "--pred-json", str(pred[0])]
+    assert main([*argv, "--pred-folder", str(pred[1]), "--output-json", str(out), "--num-workers", "1"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].split("|")[0].strip() == "fractions"
+    assert any("fractions in [0, 1]" in line for line in printed[1:])  # the per-class table too
+    written = json.loads(out.read_text())
+    all_row = next(line for line in printed if line.startswith("All"))
+    pq, sq, rq = (float(v) for v in all_row.split("|")[1].split()[:3])
+    assert 0 < pq < 1 and (pq, sq, rq) == pytest.approx(
+        [written["All"][k] for k in ("pq", "sq", "rq")], abs=0.0005
+    )

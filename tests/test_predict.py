@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -56,11 +57,15 @@ def test_outputs_for_every_readable_image_and_corrupt_ones_skipped(
     checkpoint, images, tmp_path, handmade, caplog
 ):
     out = tmp_path / "out"
-    rc = predict.main(
-        [str(images), "--model", str(checkpoint), "--out", str(out), "--batch-size", "2", "--quiet"]
-    )
+    with caplog.at_level(logging.INFO):
+        rc = predict.main(
+            [str(images), "--model", str(checkpoint), "--output-dir", str(out), "--batch-size", "2", "--quiet"]
+        )
     assert rc == 0
     assert "broken.jpg" in caplog.text  # reported by name
+    # where the results are (issue 12): the JSON and the overlays
+    assert f"predictions (COCO-panoptic JSON): {out / 'panoptic_predictions.json'}" in caplog.text
+    assert f"overlays (PNG, one per image): {out / 'overlays'}" in caplog.text
     data = json.loads((out / "panoptic_predictions.json").read_text())
     assert [img["file_name"] for img in data["images"]] == ["a.jpg", "b.png"]
     assert {c["name"]: (c["id"], c["isthing"]) for c in data["categories"]} == {
