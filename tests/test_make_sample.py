@@ -306,9 +306,11 @@ def test_synthetic_mode_xml_format(tmp_path):
     for image in export.images:
         assert (xml_path.parent / "images" / image.file_name).is_file()
     parts = sum(len(a["segmentation"]) for a in coco["annotations"])
-    assert sum(len(im.shapes) for im in export.images) == parts  # one <polygon> per part
-    # The excavator's parts share a group: one group per excavator, none on the stuff bands.
     root = ET.parse(xml_path).getroot()
+    assert len(list(root.iter("polygon"))) == parts  # one <polygon> per part
+    # ... read back as one shape per annotation (the reader joins the parts of a group)
+    assert sum(len(im.shapes) for im in export.images) == len(coco["annotations"])
+    # The excavator's parts share a group: one group per excavator, none on the stuff bands.
     groups = [int(p.get("group_id")) for p in root.iter("polygon") if p.get("label") == "excavator"]
     excavators = sum(len(a["segmentation"]) > 1 for a in coco["annotations"])
     assert excavators >= 3 and len(set(groups)) == excavators and len(groups) == 3 * excavators
