@@ -3,12 +3,12 @@
     python finetune/predict.py photos/ more/*.jpg one.png --model outputs/quickstart/final --output-dir preds
 
 For every image that can be read:
-  * ``OUT/panoptic_predictions/<stem>.png``: the segment-id PNG (id = R + 256 G + 256^2 B),
-  * an entry in ``OUT/panoptic_predictions.json`` (COCO-panoptic: images, annotations with
+  * ``OUTPUT_DIR/panoptic_predictions/<stem>.png``: the segment-id PNG (id = R + 256 G + 256^2 B),
+  * an entry in ``OUTPUT_DIR/panoptic_predictions.json`` (COCO-panoptic: images, annotations with
     segments_info, categories from the model config), so that
     ``python -m finetune.evaluation.panoptic_quality --gt-json ... --pred-json OUT/panoptic_predictions.json``
     can score it,
-  * ``OUT/overlays/<stem>.png``: the photo with class colours, outlines, names and a legend.
+  * ``OUTPUT_DIR/overlays/<stem>.png``: the photo with class colours, outlines, names and a legend.
 
 Image and category ids: with ``--gt-json`` (the dataset's panoptic JSON) they are taken from it
 (images matched by file name, so two inputs of the same name in different folders are an error;
@@ -190,6 +190,15 @@ def _png_bytes(image: Image.Image) -> bytes:
     return buf.getvalue()
 
 
+def _image_id(path: Path, gt_image_ids: dict[str, Any] | None, gt_json: Any, done: int) -> Any:
+    """The GT's id of the image of that name; 1..N without a GT; after the GT's ids when it lacks it."""
+    if gt_image_ids is None:
+        return done + 1
+    if path.name not in gt_image_ids:
+        logger.warning("%s is not an image of %s: numbered after them", path.name, gt_json)
+    return gt_image_ids.get(path.name, max(gt_image_ids.values(), default=0) + done + 1)
+
+
 def predict_images(
     paths: Sequence[Path],
     predictor: PanopticPredictor,
@@ -235,14 +244,7 @@ def predict_images(
             continue
         predictions = predictor.predict([image for _, _, image in batch])
         for (path, stem, image), prediction in zip(batch, predictions, strict=True):
-            if gt:
-                if path.name not in gt_image_ids:
-                    logger.warning("%s is not an image of %s: numbered after them", path.name, gt_json)
-                image_id = gt_image_ids.get(
-                    path.name, max(gt_image_ids.values(), default=0) + len(images_json) + 1
-                )
-            else:
-                image_id = len(images_json) + 1
+            image_id = _image_id(path, gt_image_ids if gt else None, gt_json, len(images_json))
             png_name = f"{stem}.png"
             write_panoptic_png(out_dir / PREDICTIONS_DIR / png_name, prediction.ids)
             if overlays:
