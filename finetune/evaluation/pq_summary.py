@@ -59,12 +59,8 @@ def format_tables(results: dict[str, Any], stats: np.ndarray, categories: Catego
         r = results[group]
         lines.append(f"{group:10s}| {r['pq']:5.3f}  {r['sq']:5.3f}  {r['rq']:5.3f} {r['n']:5d}")
     width = max([10, *(len(name) for name in categories.names)])
-    lines += [
-        "",
-        f"{'class':{width}s} {'kind':5s} | {'PQ':>5s} {'SQ':>5s} {'RQ':>5s} | {'TP':>5s} {'FP':>5s} {'FN':>5s}"
-        "   (PQ/SQ/RQ: fractions in [0, 1])",
-    ]
-    lines.append("-" * len(lines[-1]))
+    header = f"{'class':{width}s} {'kind':5s} | {'PQ':>5s} {'SQ':>5s} {'RQ':>5s} | {'TP':>5s} {'FP':>5s} {'FN':>5s}"
+    lines += ["", f"{header}   (PQ/SQ/RQ: fractions in [0, 1])", "-" * len(header)]
     for row, cat_id in enumerate(categories.ids):
         _, tp, fp, fn = (int(v) for v in stats[row])
         kind = "thing" if categories.isthing[row] else "stuff"
