@@ -26,9 +26,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dataset_scripts.cli_options import add_option, make_parser
-from dataset_scripts.converter import ConversionOptions, convert_exports
+from dataset_scripts.conversion.interrupts import Interrupted, handle_signals
+from dataset_scripts.conversion.orchestrator import ConversionOptions, convert_exports
 from dataset_scripts.cvat.records import ConversionError
-from dataset_scripts.interrupts import Interrupted, handle_signals
 from dataset_scripts.panoptic_format import PanopticFormatError
 from dataset_scripts.preview import distinct_colors
 

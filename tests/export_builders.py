@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dataset_scripts.conversion_report import ReportWarning
+from dataset_scripts.conversion.report import ReportWarning
 from dataset_scripts.cvat_to_panoptic import main
 from dataset_scripts.panoptic_format import load_panoptic_json, read_panoptic_png, segment_stats
 

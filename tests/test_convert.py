@@ -11,18 +11,18 @@ import pytest
 from PIL import Image
 
 from dataset_scripts import stuff_model
-from dataset_scripts.conversion_report import (
+from dataset_scripts.conversion.report import (
     BOX_ONLY,
     INVISIBLE,
     MISSING_IMAGE,
     TAG,
     UNUSED_LABEL,
 )
+from dataset_scripts.conversion.splits import assign_splits
 from dataset_scripts.cvat.records import ConversionError
 from dataset_scripts.cvat_to_panoptic import ConversionOptions, convert_exports, distinct_colors, main
 from dataset_scripts.panoptic_format import load_panoptic_json, read_panoptic_png
 from dataset_scripts.sample.rle import uncompressed_rle
-from dataset_scripts.splits import assign_splits
 from tests.export_builders import check_panoptic_folder, group_by_code, no_output_left
 from tests.panoptic_checks import pq_against_itself
 

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from dataset_scripts import stuff_model
-from dataset_scripts.conversion_report import OUT_OF_BOUNDS, RENAMED
+from dataset_scripts.conversion.report import OUT_OF_BOUNDS, RENAMED
 from dataset_scripts.cvat.records import ConversionError
 from dataset_scripts.cvat_to_panoptic import ConversionOptions, convert_exports
 from dataset_scripts.panoptic_format import read_panoptic_png

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dataset_scripts.conversion_plan import preview_spread, stuff_like_things
+from dataset_scripts.conversion.plan import preview_spread, stuff_like_things
 from dataset_scripts.cvat_to_panoptic import ConversionOptions, convert_exports, main
 from dataset_scripts.panoptic_format import load_panoptic_json
 from tests.test_convert import coco_export, rect, write_picture

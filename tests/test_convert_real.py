@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dataset_scripts.conversion_report import BOX_ONLY, MISSING_IMAGE, TAG
+from dataset_scripts.conversion.report import BOX_ONLY, MISSING_IMAGE, TAG
 from dataset_scripts.cvat.records import ConversionError
 from dataset_scripts.cvat_to_panoptic import ConversionOptions, convert_exports
 from dataset_scripts.panoptic_format import load_panoptic_json, read_panoptic_png, segment_stats

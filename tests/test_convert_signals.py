@@ -28,7 +28,7 @@ pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="ne
 
 _SLOW_CONVERTER = """
 import sys, time
-import dataset_scripts.conversion as conversion
+import dataset_scripts.conversion.image as conversion
 load = conversion.load_upright_rgb
 def slow_load(*args, **kwargs):
     time.sleep(0.5)
@@ -164,8 +164,8 @@ def test_a_swallowed_ctrl_c_still_stops_the_run_before_anything_is_committed(tmp
     """CPython ignores exceptions raised in at-fork callbacks: the recorded signal is raised later."""
     import contextlib
 
-    from dataset_scripts import converter
-    from dataset_scripts.interrupts import Interrupted
+    from dataset_scripts.conversion import orchestrator as converter
+    from dataset_scripts.conversion.interrupts import Interrupted
     from tests.export_builders import run_cli
 
     real_run_jobs = converter.run_jobs

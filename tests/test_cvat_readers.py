@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
+from dataset_scripts.conversion.rasterize import CategoryRef, rasterize_image
 from dataset_scripts.cvat.coco import read_coco_export, read_coco_file
 from dataset_scripts.cvat.exports import merge_images, read_export
 from dataset_scripts.cvat.records import ConversionError
 from dataset_scripts.cvat.xml import decode_cvat_rle, read_cvat_xml
-from dataset_scripts.rasterize import CategoryRef, rasterize_image
 from dataset_scripts.sample.rle import cvat_mask_rle, uncompressed_rle
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from dataset_scripts.conversion_report import (
+from dataset_scripts.conversion.rasterize import CategoryRef, rasterize_image, shape_patch
+from dataset_scripts.conversion.report import (
     BOX_ONLY,
     DEGENERATE,
     EMPTY,
@@ -17,7 +18,6 @@ from dataset_scripts.conversion_report import (
 )
 from dataset_scripts.cvat.records import Shape
 from dataset_scripts.panoptic_format import segment_stats
-from dataset_scripts.rasterize import CategoryRef, rasterize_image, shape_patch
 from tests.export_builders import group_by_code
 
 H, W = 48, 64
@@ -257,7 +257,7 @@ def test_far_vertices_are_clipped_to_the_same_pixels(far):
 
 def test_polygons_within_the_margin_are_not_clipped():
     """The clip margin is one image size: moderately outside polygons are rasterised as given."""
-    from dataset_scripts.polygon_clip import clip_polygon
+    from dataset_scripts.conversion.polygon_clip import clip_polygon
 
     rng = np.random.default_rng(1)
     for _ in range(50):
@@ -266,7 +266,7 @@ def test_polygons_within_the_margin_are_not_clipped():
 
 
 def test_clipped_polygon_stays_inside_the_rectangle_and_keeps_its_inside_part():
-    from dataset_scripts.polygon_clip import clip_polygon
+    from dataset_scripts.conversion.polygon_clip import clip_polygon
 
     rng = np.random.default_rng(2)
     for _ in range(100):
@@ -282,8 +282,8 @@ def test_clipped_polygon_stays_inside_the_rectangle_and_keeps_its_inside_part():
 
 
 def test_an_absurdly_long_outline_is_refused_not_allocated():
+    from dataset_scripts.conversion.rasterize import MAX_OUTLINE
     from dataset_scripts.cvat.records import ConversionError
-    from dataset_scripts.rasterize import MAX_OUTLINE
 
     zigzag = np.zeros((MAX_OUTLINE // W + 10, 2))
     zigzag[:, 0] = np.where(np.arange(len(zigzag)) % 2, -1e6, 1e6)  # every edge crosses the image

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dataset_scripts.conversion_report import BOX_ONLY, INVISIBLE
+from dataset_scripts.conversion.report import BOX_ONLY, INVISIBLE
 from dataset_scripts.cvat_to_panoptic import ConversionOptions, convert_exports
 from dataset_scripts.panoptic_format import load_panoptic_json, read_panoptic_png
 from dataset_scripts.sample.export import write_dataset

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from dataset_scripts.conversion_report import (
+from dataset_scripts.conversion.report import (
     MISSING_IMAGE,
     NOT_IN_VAL,
     RENAMED,
@@ -20,9 +20,9 @@ from dataset_scripts.conversion_report import (
     UNUSED_LABEL,
     ReportWarning,
 )
+from dataset_scripts.conversion.splits import assign_splits
 from dataset_scripts.cvat.records import MASK_KINDS, ConversionError, Export, ImageRecord
 from dataset_scripts.preview import distinct_colors
-from dataset_scripts.splits import assign_splits
 
 # Label names that usually mean stuff (amorphous background): a label with such a word in its name,
 # converted as a thing because no --stuff-labels / --stuff-from-model says otherwise, is warned about.

@@ -25,22 +25,22 @@ import numpy as np
 from PIL import Image
 
 from dataset_scripts.atomic_io import atomic_directory, atomic_write_json
-from dataset_scripts.conversion import ImageJob, ImageResult, convert_image, panoptic_png_name
-from dataset_scripts.conversion_plan import (
+from dataset_scripts.conversion.image import ImageJob, ImageResult, convert_image, panoptic_png_name
+from dataset_scripts.conversion.interrupts import raise_if_interrupted
+from dataset_scripts.conversion.plan import (
     build_categories,
     plan_pictures,
     plan_splits,
     preview_spread,
     stuff_like_things,
 )
-from dataset_scripts.conversion_report import ClassStats, ConversionReport
+from dataset_scripts.conversion.rasterize import CategoryRef
+from dataset_scripts.conversion.report import ClassStats, ConversionReport
+from dataset_scripts.conversion.workers import run_jobs
 from dataset_scripts.cvat.exports import merge_images, read_export
 from dataset_scripts.cvat.records import MASK_KINDS, ConversionError, ImageRecord
 from dataset_scripts.image_io import UprightImageLoader
-from dataset_scripts.interrupts import raise_if_interrupted
 from dataset_scripts.panoptic_format import read_panoptic_png
-from dataset_scripts.rasterize import CategoryRef
-from dataset_scripts.workers import run_jobs
 
 logger = logging.getLogger("cvat_to_panoptic")
 

@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from dataset_scripts.conversion_report import (
+from dataset_scripts.conversion.polygon_clip import clip_polygon, outline_length
+from dataset_scripts.conversion.report import (
     BOX_ONLY,
     DEGENERATE,
     EMPTY,
@@ -43,7 +44,6 @@ from dataset_scripts.cvat.coco import decode_rle_string
 from dataset_scripts.cvat.records import MASK_KINDS, ConversionError, Shape
 from dataset_scripts.cvat.xml import decode_cvat_rle
 from dataset_scripts.panoptic_format import segment_stats
-from dataset_scripts.polygon_clip import clip_polygon, outline_length
 
 # Polygons are clipped to the image expanded by this many image sizes on every side: parts inside
 # are rasterised exactly as given; farther vertices (absurd coordinates) are moved onto the border.

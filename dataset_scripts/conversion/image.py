@@ -11,11 +11,11 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from dataset_scripts.atomic_io import atomic_write_bytes
-from dataset_scripts.conversion_report import ReportWarning
+from dataset_scripts.conversion.rasterize import CategoryRef, rasterize_image
+from dataset_scripts.conversion.report import ReportWarning
 from dataset_scripts.cvat.records import ConversionError, ImageRecord
 from dataset_scripts.image_io import load_upright_rgb, write_image
 from dataset_scripts.panoptic_format import encode_panoptic_png
-from dataset_scripts.rasterize import CategoryRef, rasterize_image
 
 
 @dataclass
