@@ -23,10 +23,15 @@ understands flat dataclasses); the result is assembled back into the tree and va
 
 from __future__ import annotations
 
+import argparse
+import ast
 import dataclasses
 import difflib
+import functools
+import inspect
 import json
 import math
+import textwrap
 import types
 import typing
 from dataclasses import asdict, dataclass, field
@@ -83,29 +88,42 @@ class DataConfig:
     )
     """CVAT exports converted into `output_dir/dataset` when `dataset_dir` is null (relative to the repo root)."""
     sample_stuff_labels: list[str] = field(default_factory=lambda: ["floor", "wall", "sky", "ground"])
+    """CVAT labels of the converted sample that are stuff (amorphous regions); the others are things."""
     sample_val_ratio: float = 0.25
+    """Share of the converted sample's images put in the evaluation split."""
     split_seed: int = 0
     """Seed of the train/val split of the converted sample (as `make convert-sample`: `--seed 0`); kept apart
     from `run.seed` so that changing the training seed keeps the same evaluation images."""
     train_split: str = "train"
+    """Dataset split to train on."""
     eval_split: str = "val"
+    """Dataset split to evaluate on (during training and for `all_results.json`)."""
     max_train_samples: int | None = None
     """Use only the first N training images (quick experiments, tests)."""
     max_eval_samples: int | None = None
+    """Evaluate on only the first N images (quick experiments, tests); null = all."""
     train_scales: list[int] = field(default_factory=lambda: list(DETR_SCALES))
     """Shortest-edge sizes drawn per image (DETR's multi-scale training: 480, 512, ..., 800)."""
     max_size: int = DETR_MAX_SIZE
+    """Longest-edge cap of training images, in pixels."""
     hflip_prob: float = 0.5
+    """Probability of a horizontal flip of a training image."""
     random_crop: bool = True
     """DETR's 50% random resized crop branch: resize to `crop_resize_scales`, crop, then multi-scale resize."""
     crop_resize_scales: list[int] = field(default_factory=lambda: list(DETR_CROP_RESIZE_SCALES))
+    """Shortest-edge sizes of the resize before the random crop."""
     crop_min_size: int = DETR_CROP_MIN_SIZE
+    """Smallest side of the random crop, in pixels."""
     crop_max_size: int = DETR_CROP_MAX_SIZE
+    """Largest side of the random crop, in pixels."""
     eval_size: int = DETR_EVAL_SIZE
     """Shortest edge at evaluation; also the size saved in the final image processor."""
     eval_max_size: int = DETR_MAX_SIZE
+    """Longest-edge cap at evaluation (also saved in the final image processor)."""
     num_workers: int = 2
+    """DataLoader worker processes per training process (0 = load in the training process)."""
     pin_memory: bool = True
+    """Pin host memory of batches (faster copies to a GPU)."""
 
 
 @dataclass
@@ -113,16 +131,21 @@ class StageConfig:
     """One training stage (`detection` or `masks`). CLI names are prefixed: `--detection_epochs`."""
 
     epochs: int = 1
+    """Epochs of this stage."""
     batch_size: int = 2
+    """Images per batch and process."""
     lr: float = 1e-4
+    """Learning rate of the transformer and heads (AdamW)."""
     backbone_lr: float = 1e-5
     """Learning rate of the backbone's trainable stages; 0 freezes the backbone."""
     weight_decay: float = 1e-4
+    """AdamW weight decay."""
     max_grad_norm: float | None = 0.1
     """Gradient-norm clip (DETR: 0.1); null = no clipping."""
     lr_drop_epochs: int | None = None
     """Epochs after which the LR is multiplied by `lr_gamma` (StepLR); null = at 2/3 of the stage."""
     lr_gamma: float = 0.1
+    """Factor of the single LR drop (StepLR gamma)."""
 
 
 @dataclass
@@ -132,10 +155,13 @@ class EvalConfig:
     eval_every_epochs: int = 1
     """Evaluate after every N-th epoch of a stage (and always after its last epoch); 0 = only after the last."""
     eval_batch_size: int = 2
+    """Images per evaluation batch and process."""
     threshold: float = DEFAULT_THRESHOLD
     """Minimum class score of a query kept by panoptic post-processing (DETR's demo uses 0.85)."""
     mask_threshold: float = DEFAULT_MASK_THRESHOLD
+    """Mask probability above which a pixel belongs to a segment."""
     overlap_mask_area_threshold: float = DEFAULT_OVERLAP_MASK_AREA_THRESHOLD
+    """Drop a segment when less than this share of its mask survives overlaps."""
 
 
 @dataclass
@@ -143,13 +169,22 @@ class RunConfig:
     """The run as a whole."""
 
     output_dir: str = "outputs/detr-panoptic"
+    """Folder of the run: checkpoints/, best_<stage>/, final/, metrics.jsonl (must be writable)."""
     seed: int = 42
+    """Seed of weights, augmentation and data order."""
     stages: list[str] = field(default_factory=lambda: list(STAGE_NAMES))
+    """Stages to train, in order: detection, masks (e.g. `masks` alone from a detection checkpoint)."""
     resume_from_checkpoint: str | None = None
     """`latest` (newest checkpoint in `output_dir/checkpoints`) or a checkpoint folder."""
     overwrite_output_dir: bool = False
+    """Replace a previous run in `output_dir` (its converted `dataset/` is kept)."""
     mixed_precision: str = "no"
+    """no, fp16, bf16 or fp8 (a GPU feature; `accelerate launch --mixed_precision` sets it too)."""
     gradient_accumulation_steps: int = 1
+    """Batches per optimiser step."""
+    save_every_epochs: int | None = None
+    """Write a resumable checkpoint every N epochs of a stage (and after its last epoch); null = after each
+    evaluation (see `eval_every_epochs`) and after the last epoch of each stage."""
     save_total_limit: int | None = 2
     """Keep the N newest epoch checkpoints (null = keep all). `best_<stage>/` is kept separately."""
     debug_nan_loss_at_step: int | None = None
@@ -158,18 +193,26 @@ class RunConfig:
 
 @dataclass
 class LoggingConfig:
+    """Metrics logging."""
+
     report_to: list[str] = field(default_factory=list)
     """Accelerate trackers (`tensorboard`, `wandb`, ...); `all` = every installed one; empty = JSON lines only."""
     logging_steps: int = 10
     """Write a training-loss line to metrics.jsonl / the trackers every N optimiser steps."""
     project_name: str = "detr-panoptic"
+    """Project (run group) name given to the trackers."""
 
 
 @dataclass
 class HubConfig:
+    """Pushing the final model to the Hugging Face Hub."""
+
     push_to_hub: bool = False
+    """Upload `final/` with its model card at the end; the token and repo are checked before training."""
     hub_model_id: str | None = None
+    """USER/NAME or ORG/NAME of the Hub repo (created when missing)."""
     hub_private: bool = False
+    """Create the Hub repo private."""
 
 
 @dataclass
@@ -268,6 +311,8 @@ class TrainingConfig:
             )
         if self.run.gradient_accumulation_steps < 1:
             raise ConfigError("run.gradient_accumulation_steps must be >= 1")
+        if self.run.save_every_epochs is not None and self.run.save_every_epochs < 1:
+            raise ConfigError("run.save_every_epochs must be >= 1 or null (null = at each evaluation)")
         if self.run.save_total_limit is not None and self.run.save_total_limit < 1:
             raise ConfigError("run.save_total_limit must be >= 1 or null")
         if self.eval.eval_every_epochs < 0:
@@ -378,6 +423,48 @@ def _cli_name(section: str, name: str) -> str:
     return f"{section}_{name}" if section in STAGE_NAMES else name
 
 
+# The common names of the project's other scripts (predict.py, evaluate.py, push_to_hub.py), accepted as
+# aliases of the training names. Every option also takes dashes: `--output-dir`, `--detection-epochs`.
+CLI_ALIASES = {
+    "model_name_or_path": ["--model"],
+    "dataset_dir": ["--dataset"],
+}
+
+
+@functools.cache
+def _attribute_docstrings(section_type: type) -> dict[str, str]:
+    """{field: the string literal that follows it in the class body} (the sections' field documentation)."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(section_type)))
+    except (OSError, TypeError):  # no source (frozen application): fall back to the metadata help only
+        return {}
+    docs, body = {}, tree.body[0].body
+    for node, following in zip(body, body[1:], strict=False):
+        is_doc = isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and is_doc:
+            docs[node.target.id] = " ".join(str(following.value.value).split())
+    return docs
+
+
+def field_help(section_type: type, f: dataclasses.Field) -> str:
+    """The help text of a section field: `metadata["help"]`, else the docstring under the field ("" if none)."""
+    return f.metadata.get("help") or _attribute_docstrings(section_type).get(f.name, "")
+
+
+def _metavar(base: Any) -> str:
+    origin = typing.get_origin(base) or base
+    return {int: "N", float: "X", list: "A,B", dict: "JSON"}.get(origin, "VALUE")
+
+
+def _default_text(section: str, f: dataclasses.Field) -> str:
+    value = getattr(getattr(TrainingConfig(), section), f.name)
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value) or "empty"
+    if isinstance(value, dict):
+        return json.dumps(value) if value else "{}"
+    return "null" if value is None else str(value)
+
+
 def _cli_dataclasses() -> tuple[list[type], dict[str, tuple[str, str, Any]]]:
     """Flat dataclasses for `HfArgumentParser`: every field optional with default None (= not given).
 
@@ -398,9 +485,14 @@ def _cli_dataclasses() -> tuple[list[type], dict[str, tuple[str, str, Any]]]:
             # Values come as strings and are converted by `_convert_cli_value` (lists "a,b", dicts as JSON,
             # "null" for optional fields); booleans keep HfArgumentParser's `--flag` / `--flag false` handling.
             cli_type = bool if base is bool else (str | None)  # bool + default None: `--flag` alone = True
-            doc = f"{section}.{f.name} ({tp})".replace("typing.", "")
-            flat.append((name, cli_type, field(default=None, metadata={"help": doc})))
-        classes.append(dataclasses.make_dataclass(f"{section.title()}Args", flat))
+            doc = f"{field_help(section_type, f)} [{section}.{f.name}; default: {_default_text(section, f)}]"
+            metadata = {"help": doc.replace("%", "%%").lstrip(), "aliases": CLI_ALIASES.get(name, [])}
+            if base is not bool:
+                metadata["metavar"] = _metavar(base)
+            flat.append((name, cli_type, field(default=None, metadata=metadata)))
+        cli_class = dataclasses.make_dataclass(f"{section.title()}Args", flat)
+        cli_class._argument_group_name = f"{section}: {section_type.__doc__.splitlines()[0].rstrip('.')}"
+        classes.append(cli_class)
     return classes, index
 
 
@@ -434,6 +526,15 @@ def _convert_cli_value(key: str, raw: Any, tp: Any) -> Any:
     return raw
 
 
+CLI_DESCRIPTION = """Fine-tune DETR panoptic segmentation in two stages (boxes, then masks).
+
+  accelerate launch finetune/train.py --config finetune/configs/quickstart.yaml
+  accelerate launch finetune/train.py --config finetune/configs/default.yaml --dataset DIR --output-dir OUT
+
+Every option overrides the key of the --config file named in [brackets]; lists take comma-separated
+values, dicts take JSON, optional values take `null`."""
+
+
 def parse_config(argv: list[str] | None = None) -> TrainingConfig:
     """Parse `[--config FILE] [--key value ...]` into a validated `TrainingConfig`.
 
@@ -446,9 +547,16 @@ def parse_config(argv: list[str] | None = None) -> TrainingConfig:
     from transformers import HfArgumentParser
 
     classes, index = _cli_dataclasses()
-    parser = HfArgumentParser(classes, description=__doc__.split("\n")[0])
+    # Plain help formatter: the flat options all default to None (= not given), the real default is in the help.
+    parser = HfArgumentParser(
+        classes,
+        usage="%(prog)s [--config FILE] [--option VALUE ...]",
+        description=CLI_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument(
-        "--config", default=None, help="YAML or JSON file (sections as in finetune/configs/)."
+        "--config", default=None, metavar="FILE", help="YAML or JSON file (sections as in finetune/configs/); options given "
+        "on the command line override it."
     )
     parsed = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     *flat_args, remaining = parsed
