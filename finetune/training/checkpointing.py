@@ -22,7 +22,7 @@ import json
 import re
 import shutil
 import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from accelerate import Accelerator
@@ -55,6 +55,7 @@ class TrainerState:
         best_metric: best value of the stage's metric so far (None before any evaluation).
         metric_name: `box_map` (detection) or `pq` (masks).
         last_eval: the metrics of the latest evaluation in this stage (for `all_results.json` after a resume).
+        stage_runtime: wall-clock seconds spent training each stage so far (the model card's times).
     """
 
     stage: str
@@ -63,6 +64,7 @@ class TrainerState:
     best_metric: float | None = None
     metric_name: str | None = None
     last_eval: dict | None = None
+    stage_runtime: dict = field(default_factory=dict)
 
 
 def checkpoints_dir(output_dir: str | Path) -> Path:

@@ -15,6 +15,7 @@ import io
 import logging
 import os
 import shutil
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from accelerate.logging import get_logger
 from accelerate.utils import set_seed
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
 from dataset_scripts.atomic_io import atomic_write_bytes
 from dataset_scripts.cvat.records import ConversionError
@@ -48,9 +50,10 @@ from finetune.modeling.loading import (
     load_model,
 )
 from finetune.training.checkpointing import MODEL_FILE, CheckpointError, TrainerState, resolve_checkpoint
-from finetune.training.export import RESULTS_FILE, final_results, save_model_folder
+from finetune.training.export import RESULTS_FILE, final_results, run_facts, save_model_folder
 from finetune.training.loop import NonFiniteLossError, RunSession, fit_stage
 from finetune.training.metrics_log import MetricsLogger
+from finetune.training.preflight import OutputDirError, preflight
 
 logger = get_logger("finetune.train")  # also when run as a file (__name__ == "__main__")
 
@@ -60,12 +63,40 @@ OVERLAY_FILE = "prediction_overlay.png"
 # ------------------------------------------------------------------------------------------------ setup
 
 
+class _ConsoleHandler(logging.StreamHandler):
+    """Writes through `tqdm.write`, so that a log line does not break the stage's progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:  # the logging module's contract: report, never raise
+            self.handleError(record)
+
+
+class _SingleProcessRank(logging.Filter):
+    """Drops accelerate's `[RANK 0] ` prefix when there is one process (it only helps with several)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and record.msg.startswith("[RANK 0] "):
+            record.msg = record.msg[len("[RANK 0] ") :]
+        return True
+
+
 def setup_logging(accelerator: Accelerator) -> None:
+    """INFO on the main process, WARNING elsewhere; accelerate's per-file save/load chatter silenced."""
+    handler = _ConsoleHandler(sys.stderr)
+    if accelerator.num_processes == 1:
+        handler.addFilter(_SingleProcessRank())
     logging.basicConfig(
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", level=logging.INFO
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        level=logging.INFO,
+        handlers=[handler],
     )
     if not accelerator.is_local_main_process:
         logging.getLogger().setLevel(logging.WARNING)
+    for name in ("accelerate.accelerator", "accelerate.checkpointing"):  # "Saving current state..." per file
+        logging.getLogger(name).setLevel(logging.WARNING)
     transformers.utils.logging.set_verbosity_warning()
     datasets.utils.logging.set_verbosity_warning()
     datasets.disable_progress_bars()
@@ -142,6 +173,7 @@ class RunParts:
         eval_split: the evaluation split (Hugging Face dataset rows).
         session: the objects the stages share (accelerator, metrics, evaluation loader, best-model saver).
         make_train_loader: `batch_size -> DataLoader` over the augmented training set.
+        train_samples: images in the training split (for `train_results.json`).
     """
 
     model: torch.nn.Module
@@ -150,6 +182,7 @@ class RunParts:
     eval_split: Any
     session: RunSession
     make_train_loader: Callable[[int], DataLoader]
+    train_samples: int = 0
 
 
 def build_eval_context(
@@ -225,7 +258,9 @@ def build_run(config: TrainingConfig, accelerator: Accelerator, output_dir: Path
         eval_context=build_eval_context(eval_split, categories, image_processor, config),
         save_best=save_best,
     )
-    return RunParts(model, image_processor, categories, eval_split, session, make_train_loader)
+    return RunParts(
+        model, image_processor, categories, eval_split, session, make_train_loader, len(train_split)
+    )
 
 
 # ------------------------------------------------------------------------------------------------ fit
@@ -317,6 +352,15 @@ def save_final(
             config,
             parts.categories,
             results,
+            run_facts(
+                config,
+                accelerator.device,
+                accelerator.num_processes,
+                str(accelerator.mixed_precision),
+                parts.session.stage_runtime,
+                parts.train_samples,
+                len(parts.eval_split),
+            ),
         )
         logger.info(
             f"final model saved to {final_dir}; metrics ({final_dir / RESULTS_FILE}):\n{format_results(results)}"
@@ -344,6 +388,7 @@ USER_ERRORS = (
     PanopticFormatError,
     HubUploadError,
     ModelFolderError,
+    OutputDirError,
 )
 
 
@@ -352,6 +397,7 @@ def train(config: TrainingConfig, accelerator: Accelerator) -> dict[str, Any]:
     resume = None
     if config.run.resume_from_checkpoint:  # checked before anything is written
         resume = resolve_checkpoint(config.run.resume_from_checkpoint, config.run.output_dir)
+    preflight(config, accelerator)  # model source, output folder, Hub token and repo: before any data work
     output_dir = prepare_output_dir(config, accelerator)
     set_seed(config.run.seed)
     if config.logging.report_to:

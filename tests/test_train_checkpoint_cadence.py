@@ -1,0 +1,63 @@
+"""Checkpoint cadence: by default a checkpoint after each evaluation and at the end of each stage
+(`save_every_epochs` null), or every N epochs; a run killed between two sparse checkpoints resumes from the
+last one to exactly the weights of an uninterrupted run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from finetune.training.loop import KILL_AT_STEP_ENV, should_save
+from tests.train_runs import accelerate_cmd, read_jsonl, run_training, sample_export_args, train_env
+
+
+@pytest.mark.parametrize(
+    ("save_every", "eval_every", "epochs", "saved"),
+    [
+        (None, 2, 5, [2, 4, 5]),  # default: at each evaluation (and the last epoch, always evaluated)
+        (None, 0, 5, [5]),  # evaluation only at the end: one checkpoint per stage
+        (None, 1, 3, [1, 2, 3]),
+        (2, 0, 5, [2, 4, 5]),  # every 2 epochs, plus the last
+        (1, 3, 3, [1, 2, 3]),
+    ],
+)
+def test_should_save(save_every, eval_every, epochs, saved):
+    evaluated = [epoch + 1 == epochs or (eval_every > 0 and (epoch + 1) % eval_every == 0) for epoch in range(epochs)]
+    got = [epoch + 1 for epoch in range(epochs) if should_save(epoch, epochs, save_every, evaluated[epoch])]
+    assert got == saved
+
+
+# ci.yaml: 8 images, batch 4 = 2 steps per epoch. 3 detection epochs evaluated after epoch 2 and 3, 1 masks epoch.
+SHAPE = ("--detection_epochs", "3", "--masks_epochs", "1", "--eval_every_epochs", "2", "--save_total_limit", "5")
+
+
+@pytest.fixture(scope="module")
+def sample_args(tmp_path_factory):
+    return sample_export_args(tmp_path_factory.mktemp("sample"))
+
+
+@pytest.mark.slow
+def test_default_cadence_and_exact_resume_between_sparse_checkpoints(tmp_path, sample_args):
+    full = tmp_path / "full"
+    done = run_training(accelerate_cmd(full, *SHAPE, *sample_args))
+    assert done.returncode == 0, done.stderr[-3000:]
+    names = sorted(p.name for p in (full / "checkpoints").iterdir())
+    assert names == ["detection-epoch2", "detection-epoch3", "masks-epoch1"]  # no detection-epoch1
+
+    killed = tmp_path / "killed"
+    # Killed after step 5: mid detection epoch 3; the newest checkpoint is detection-epoch2 (step 4).
+    run = run_training(accelerate_cmd(killed, *SHAPE, *sample_args), env=train_env(**{KILL_AT_STEP_ENV: "5"}))
+    assert run.returncode != 0
+    assert sorted(p.name for p in (killed / "checkpoints").iterdir()) == ["detection-epoch2"]
+    resumed = run_training(accelerate_cmd(killed, *SHAPE, *sample_args, "--resume_from_checkpoint", "latest"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed stage detection after epoch 2" in resumed.stderr
+
+    expected = load_file(str(full / "final" / "model.safetensors"))
+    got = load_file(str(killed / "final" / "model.safetensors"))
+    assert expected.keys() == got.keys()
+    for name, tensor in expected.items():
+        torch.testing.assert_close(got[name], tensor, rtol=0, atol=1e-6, msg=name)
+    steps = [r["step"] for r in read_jsonl(killed / "metrics.jsonl") if r["type"] == "train"]
+    assert steps == [r["step"] for r in read_jsonl(full / "metrics.jsonl") if r["type"] == "train"]
