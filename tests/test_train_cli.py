@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from finetune.config import TrainingConfig, field_help, parse_config
+from finetune.config import TrainingConfig, parse_config
+from finetune.config_cli import field_help
 from tests.train_runs import REPO_ROOT, TRAIN, train_env
 
 
