@@ -44,6 +44,8 @@ def test_default_cadence_and_exact_resume_between_sparse_checkpoints(tmp_path, s
     assert done.returncode == 0, done.stderr[-3000:]
     names = sorted(p.name for p in (full / "checkpoints").iterdir())
     assert names == ["detection-epoch2", "detection-epoch3", "masks-epoch1"]  # no detection-epoch1
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (full / "checkpoints" / names[0]).iterdir()}
+    assert len(set(modes.values())) == 1, modes  # model.safetensors like the rest (safetensors writes 0600)
 
     killed = tmp_path / "killed"
     # Killed after step 5: mid detection epoch 3; the newest checkpoint is detection-epoch2 (step 4).

@@ -29,6 +29,7 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 
 from finetune.config import STAGE_NAMES, TrainingConfig
+from finetune.training.export import plain_permissions
 
 logger = get_logger(__name__)
 
@@ -199,6 +200,7 @@ def save_checkpoint(
     if accelerator.is_main_process:
         config.save(tmp / CONFIG_FILE)
         (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=2), encoding="utf-8")
+        plain_permissions(tmp)
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)

@@ -76,12 +76,13 @@ def save_model_folder(
             atomic_write_json(Path(tmp) / RESULTS_FILE, results, indent=2)
         if train_facts is not None:
             atomic_write_json(Path(tmp) / TRAIN_RESULTS_FILE, train_facts, indent=2)
-        _plain_permissions(Path(tmp))
+        plain_permissions(Path(tmp))
     return Path(folder)
 
 
-def _plain_permissions(folder: Path) -> None:
-    """safetensors writes `model.safetensors` 0600; give every file what `open` gives (0666 & ~umask)."""
+def plain_permissions(folder: Path) -> None:
+    """safetensors writes `model.safetensors` 0600: give every file under `folder` what `open` gives
+    (0666 & ~umask), like the rest of `output_dir`."""
     umask = os.umask(0)
     os.umask(umask)
     for path in folder.rglob("*"):
