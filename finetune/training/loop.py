@@ -156,7 +156,7 @@ def train_one_epoch(
                 record.update({k: float(v) for k, v in components.items()})
                 record["lr"] = optimizer.param_groups[0]["lr"]
                 metrics.log(record)
-                progress.set_postfix(step=global_step, loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2g}")
+                progress.set_postfix({"step": global_step, "loss": f"{record['loss']:.3f}", "lr": f"{record['lr']:.2g}"})
                 window = []
             _kill_if_requested(global_step)
     mean_loss = accelerator.reduce(total_loss / max(batches, 1), reduction="mean")

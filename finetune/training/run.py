@@ -98,6 +98,7 @@ def setup_logging(accelerator: Accelerator) -> None:
     for name in ("accelerate.accelerator", "accelerate.checkpointing"):  # "Saving current state..." per file
         logging.getLogger(name).setLevel(logging.WARNING)
     transformers.utils.logging.set_verbosity_warning()
+    transformers.utils.logging.disable_progress_bar()  # "Writing model shards" per save: one bar per stage only
     datasets.utils.logging.set_verbosity_warning()
     datasets.disable_progress_bars()
 
