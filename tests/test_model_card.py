@@ -74,6 +74,7 @@ def test_hub_start_hardware_time_per_stage_and_the_learning_rates_actually_used(
     assert "backbone frozen" in detection and "backbone lr" not in detection  # backbone_lr 0
     assert "backbone lr" not in masks  # the masks stage freezes the backbone whatever backbone_lr says
     assert "21 images" in text and "7 images" in text
+    assert "lr 0.0001 (×0.1 after epoch 34)" in detection  # TrainingConfig(): 50 epochs, drop at 2/3
 
 
 def test_local_start_and_unrecorded_facts():

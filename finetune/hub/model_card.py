@@ -10,6 +10,7 @@ limitations are derived from the numbers. Metrics are shown as fractions in [0, 
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -113,7 +114,7 @@ def _stage_lines(training_config: dict[str, Any]) -> list[str]:
         facts = [
             f"{section['epochs']} epochs" if "epochs" in section else None,
             f"batch size {section['batch_size']}" if "batch_size" in section else None,
-            f"lr {section['lr']:g}" if isinstance(section.get("lr"), int | float) else None,
+            _lr_text(section) if isinstance(section.get("lr"), int | float) else None,
             f"backbone lr {backbone_lr:g}" if backbone_trained else None,
             f"weight decay {section['weight_decay']:g}"
             if isinstance(section.get("weight_decay"), int | float)
@@ -127,6 +128,17 @@ def _stage_lines(training_config: dict[str, Any]) -> list[str]:
             description = what.get(stage, stage)
         lines.append(f"- Stage {number}, **{stage}** — {description}: " + ", ".join(f for f in facts if f) + ".")
     return lines
+
+
+def _lr_text(section: dict[str, Any]) -> str:
+    """`lr 0.001 (x0.1 after epoch 40)`: the StepLR schedule of `finetune/training/loop.py`."""
+    text = f"lr {section['lr']:g}"
+    gamma, epochs = section.get("lr_gamma"), section.get("epochs")
+    if isinstance(gamma, int | float) and gamma < 1 and isinstance(epochs, int):
+        drop = section.get("lr_drop_epochs") or max(1, math.ceil(epochs * 2 / 3))
+        if drop < epochs:
+            text += f" (×{gamma:g} after epoch {drop})"
+    return text
 
 
 def started_from(training_config: dict[str, Any], train_facts: dict[str, Any]) -> str:
