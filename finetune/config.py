@@ -182,8 +182,8 @@ class RunConfig:
     gradient_accumulation_steps: int = 1
     """Batches per optimiser step."""
     save_every_epochs: int | None = None
-    """Write a resumable checkpoint every N epochs of a stage (and after its last epoch); null = after each
-    evaluation (see `eval_every_epochs`) and after the last epoch of each stage."""
+    """Write a resumable checkpoint (and the pending `best_<stage>/`) every N epochs of a stage and after its
+    last epoch; null = after each evaluation (`eval_every_epochs`) and the last epoch; 0 = after the last only."""
     save_total_limit: int | None = 2
     """Keep the N newest epoch checkpoints (null = keep all). `best_<stage>/` is kept separately."""
     debug_nan_loss_at_step: int | None = None
@@ -310,8 +310,10 @@ class TrainingConfig:
             )
         if self.run.gradient_accumulation_steps < 1:
             raise ConfigError("run.gradient_accumulation_steps must be >= 1")
-        if self.run.save_every_epochs is not None and self.run.save_every_epochs < 1:
-            raise ConfigError("run.save_every_epochs must be >= 1 or null (null = at each evaluation)")
+        if self.run.save_every_epochs is not None and self.run.save_every_epochs < 0:
+            raise ConfigError(
+                "run.save_every_epochs must be >= 0 or null (null = at each evaluation, 0 = at the end of each stage)"
+            )
         if self.run.save_total_limit is not None and self.run.save_total_limit < 1:
             raise ConfigError("run.save_total_limit must be >= 1 or null")
         if self.eval.eval_every_epochs < 0:

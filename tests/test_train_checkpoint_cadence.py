@@ -4,6 +4,8 @@ last one to exactly the weights of an uninterrupted run."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -20,6 +22,7 @@ from tests.train_runs import accelerate_cmd, read_jsonl, run_training, sample_ex
         (None, 1, 3, [1, 2, 3]),
         (2, 0, 5, [2, 4, 5]),  # every 2 epochs, plus the last
         (1, 3, 3, [1, 2, 3]),
+        (0, 1, 4, [4]),  # 0: at the end of the stage only
     ],
 )
 def test_should_save(save_every, eval_every, epochs, saved):
@@ -63,3 +66,19 @@ def test_default_cadence_and_exact_resume_between_sparse_checkpoints(tmp_path, s
         torch.testing.assert_close(got[name], tensor, rtol=0, atol=1e-6, msg=name)
     steps = [r["step"] for r in read_jsonl(killed / "metrics.jsonl") if r["type"] == "train"]
     assert steps == [r["step"] for r in read_jsonl(full / "metrics.jsonl") if r["type"] == "train"]
+
+
+@pytest.mark.slow
+def test_stage_end_checkpoints_still_write_the_best_evaluated_weights(tmp_path, sample_args):
+    """`--save_every_epochs 0`: one checkpoint per stage; best_detection/ is the best evaluation's model,
+    written with the stage-end checkpoint even when that evaluation was at an earlier epoch."""
+    out = tmp_path / "run"
+    done = run_training(accelerate_cmd(out, "--detection_epochs", "2", "--masks_epochs", "1", "--save_every_epochs", "0", *sample_args))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["detection-epoch2", "masks-epoch1"]
+    evals = [r for r in read_jsonl(out / "metrics.jsonl") if r["type"] == "eval" and r["stage"] == "detection"]
+    assert len(evals) == 2  # ci.yaml evaluates every epoch
+    best = json.loads((out / "best_detection" / "all_results.json").read_text())
+    first_best = max(evals, key=lambda r: (r["box_map"], -r["epoch"]))  # the first of equal values is kept
+    assert best["box_map"] == first_best["box_map"]
+    assert (out / "best_masks" / "model.safetensors").is_file()

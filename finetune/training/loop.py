@@ -3,8 +3,9 @@
 `fit_stage` runs one stage (`detection` or `masks`) from its first (or resumed) epoch to its last:
 
     freeze_for_stage -> AdamW(param_groups) + StepLR -> accelerator.prepare
-    for each epoch: train_one_epoch -> evaluate (every `eval_every_epochs`) -> best_<stage>/
-                    -> checkpoint (`save_every_epochs`; default: after each evaluation and the last epoch)
+    for each epoch: train_one_epoch -> evaluate (every `eval_every_epochs`) -> keep the best weights
+                    -> best_<stage>/ + checkpoint (`save_every_epochs`; default: after each evaluation and
+                       the last epoch; see `finetune/training/best_model.py`)
 
 The console shows one progress bar per stage (`epoch e/E`, step, loss, lr, elapsed and time left) and
 one line per evaluation; the per-step numbers go to `metrics.jsonl` and the trackers.
@@ -65,6 +66,7 @@ class RunSession:
         save_best: `save_best(model, folder, metrics)` writes a loadable model folder (main process only).
         global_step: optimiser steps so far, all stages (updated by `fit_stage`).
         last_eval: the latest evaluation metrics per stage.
+        flush_best: writes the best models `save_best` kept (called before each checkpoint); None = nothing kept.
         stage_runtime: wall-clock seconds of training per stage (across resumes), for the model card.
     """
 
@@ -77,6 +79,7 @@ class RunSession:
     save_best: Callable[[torch.nn.Module, Path, dict[str, Any]], None]
     global_step: int = 0
     last_eval: dict[str, dict[str, Any]] = field(default_factory=dict)
+    flush_best: Callable[[], None] | None = None
     stage_runtime: dict[str, float] = field(default_factory=dict)
 
 
@@ -188,11 +191,13 @@ def _should_evaluate(epoch: int, epochs: int, every: int) -> bool:
 
 
 def should_save(epoch: int, epochs: int, save_every: int | None, evaluated: bool) -> bool:
-    """Checkpoint after 0-based `epoch`? Every `save_every` epochs, or (None) after each evaluation; always
-    after the stage's last epoch."""
+    """Checkpoint after 0-based `epoch`? Every `save_every` epochs, or (None) after each evaluation, or (0)
+    never; always after the stage's last epoch."""
     if epoch + 1 == epochs:
         return True
-    return evaluated if save_every is None else (epoch + 1) % save_every == 0
+    if save_every is None:
+        return evaluated
+    return save_every > 0 and (epoch + 1) % save_every == 0
 
 
 def stage_progress(accelerator: Accelerator, stage: str, epochs: int, steps_per_epoch: int, epoch: int) -> tqdm:
@@ -295,6 +300,8 @@ def fit_stage(
         session.stage_runtime[stage] = runtime_before + time.monotonic() - started
         state.stage_runtime = dict(session.stage_runtime)
         if should_save(epoch, stage_cfg.epochs, config.run.save_every_epochs, evaluated):
+            if session.flush_best is not None:
+                session.flush_best()  # best_<stage>/ on disk matches this checkpoint's best_metric
             save_checkpoint(accelerator, session.output_dir, state, config, config.run.save_total_limit)
     progress.close()
     return accelerator.unwrap_model(prepared)

@@ -49,6 +49,7 @@ from finetune.modeling.loading import (
     label_space,
     load_model,
 )
+from finetune.training.best_model import BestModelKeeper
 from finetune.training.checkpointing import MODEL_FILE, CheckpointError, TrainerState, resolve_checkpoint
 from finetune.training.export import RESULTS_FILE, final_results, run_facts, save_model_folder
 from finetune.training.loop import NonFiniteLossError, RunSession, fit_stage
@@ -247,8 +248,10 @@ def build_run(config: TrainingConfig, accelerator: Accelerator, output_dir: Path
             train_dataset, batch_size, True, data.num_workers, data.pin_memory, collator, config.run.seed
         )
 
-    def save_best(inner: torch.nn.Module, folder: Path, results: dict[str, Any]) -> None:
+    def write_model_folder(inner: torch.nn.Module, folder: Path, results: dict[str, Any]) -> None:
         save_model_folder(inner, image_processor, folder, config, categories, results)
+
+    best = BestModelKeeper(write_model_folder)  # best_<stage>/ written with the checkpoints
 
     session = RunSession(
         accelerator=accelerator,
@@ -257,7 +260,8 @@ def build_run(config: TrainingConfig, accelerator: Accelerator, output_dir: Path
         metrics=MetricsLogger(accelerator, output_dir / "metrics.jsonl"),
         eval_loader=eval_loader,
         eval_context=build_eval_context(eval_split, categories, image_processor, config),
-        save_best=save_best,
+        save_best=best.remember,
+        flush_best=best.flush,
     )
     return RunParts(
         model, image_processor, categories, eval_split, session, make_train_loader, len(train_split)
