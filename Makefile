@@ -31,7 +31,7 @@ convert-sample: install
 train-quickstart: convert-sample
 	HF_HUB_OFFLINE=1 $(VENV)/bin/accelerate launch -q --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
 		finetune/train.py --config finetune/configs/quickstart.yaml \
-		--dataset_dir $(OUT)/sample_panoptic --output_dir $(OUT)/quickstart
+		--dataset $(OUT)/sample_panoptic --output-dir $(OUT)/quickstart
 
 quickstart: train-quickstart
 

@@ -15,10 +15,14 @@ The YAML file mirrors this tree (`finetune/configs/default.yaml`). Every field c
 the command line with a flat `--name value`: section fields keep their name (`--output_dir`,
 `--model_name_or_path`, `--seed`), stage fields are prefixed by the stage (`--detection_epochs 50`,
 `--masks_lr 1e-4`). Lists take comma-separated values (`--stages detection,masks`), dicts take JSON
-(`--config_overrides '{"d_model": 64}'`). Precedence: CLI > file > dataclass defaults.
+(`--config_overrides '{"d_model": 64}'`). Precedence: CLI > file > dataclass defaults. Every option also
+takes dashes (`--output-dir`, `--detection-epochs`), and the names the other scripts use are aliases:
+`--model` (`--model_name_or_path`), `--dataset` (`--dataset_dir`). The help text of an option is the
+docstring under its field (or `metadata["help"]`); `--help` shows it with the real default.
 
-Parsing uses `transformers.HfArgumentParser` over flat dataclasses generated from the sections (it only
-understands flat dataclasses); the result is assembled back into the tree and validated once.
+Parsing (`finetune/config_cli.py`) uses `transformers.HfArgumentParser` over flat dataclasses generated
+from the sections (it only understands flat dataclasses); the result is assembled back into the tree and
+validated once.
 """
 
 from __future__ import annotations
@@ -83,29 +87,42 @@ class DataConfig:
     )
     """CVAT exports converted into `output_dir/dataset` when `dataset_dir` is null (relative to the repo root)."""
     sample_stuff_labels: list[str] = field(default_factory=lambda: ["floor", "wall", "sky", "ground"])
+    """CVAT labels of the converted sample that are stuff (amorphous regions); the others are things."""
     sample_val_ratio: float = 0.25
+    """Share of the converted sample's images put in the evaluation split."""
     split_seed: int = 0
     """Seed of the train/val split of the converted sample (as `make convert-sample`: `--seed 0`); kept apart
     from `run.seed` so that changing the training seed keeps the same evaluation images."""
     train_split: str = "train"
+    """Dataset split to train on."""
     eval_split: str = "val"
+    """Dataset split to evaluate on (during training and for `all_results.json`)."""
     max_train_samples: int | None = None
     """Use only the first N training images (quick experiments, tests)."""
     max_eval_samples: int | None = None
+    """Evaluate on only the first N images (quick experiments, tests); null = all."""
     train_scales: list[int] = field(default_factory=lambda: list(DETR_SCALES))
     """Shortest-edge sizes drawn per image (DETR's multi-scale training: 480, 512, ..., 800)."""
     max_size: int = DETR_MAX_SIZE
+    """Longest-edge cap of training images, in pixels."""
     hflip_prob: float = 0.5
+    """Probability of a horizontal flip of a training image."""
     random_crop: bool = True
     """DETR's 50% random resized crop branch: resize to `crop_resize_scales`, crop, then multi-scale resize."""
     crop_resize_scales: list[int] = field(default_factory=lambda: list(DETR_CROP_RESIZE_SCALES))
+    """Shortest-edge sizes of the resize before the random crop."""
     crop_min_size: int = DETR_CROP_MIN_SIZE
+    """Smallest side of the random crop, in pixels."""
     crop_max_size: int = DETR_CROP_MAX_SIZE
+    """Largest side of the random crop, in pixels."""
     eval_size: int = DETR_EVAL_SIZE
     """Shortest edge at evaluation; also the size saved in the final image processor."""
     eval_max_size: int = DETR_MAX_SIZE
+    """Longest-edge cap at evaluation (also saved in the final image processor)."""
     num_workers: int = 2
+    """DataLoader worker processes per training process (0 = load in the training process)."""
     pin_memory: bool = True
+    """Pin host memory of batches (faster copies to a GPU)."""
 
 
 @dataclass
@@ -113,16 +130,21 @@ class StageConfig:
     """One training stage (`detection` or `masks`). CLI names are prefixed: `--detection_epochs`."""
 
     epochs: int = 1
+    """Epochs of this stage."""
     batch_size: int = 2
+    """Images per batch and process."""
     lr: float = 1e-4
+    """Learning rate of the transformer and heads (AdamW)."""
     backbone_lr: float = 1e-5
     """Learning rate of the backbone's trainable stages; 0 freezes the backbone."""
     weight_decay: float = 1e-4
+    """AdamW weight decay."""
     max_grad_norm: float | None = 0.1
     """Gradient-norm clip (DETR: 0.1); null = no clipping."""
     lr_drop_epochs: int | None = None
     """Epochs after which the LR is multiplied by `lr_gamma` (StepLR); null = at 2/3 of the stage."""
     lr_gamma: float = 0.1
+    """Factor of the single LR drop (StepLR gamma)."""
 
 
 @dataclass
@@ -132,10 +154,13 @@ class EvalConfig:
     eval_every_epochs: int = 1
     """Evaluate after every N-th epoch of a stage (and always after its last epoch); 0 = only after the last."""
     eval_batch_size: int = 2
+    """Images per evaluation batch and process."""
     threshold: float = DEFAULT_THRESHOLD
     """Minimum class score of a query kept by panoptic post-processing (DETR's demo uses 0.85)."""
     mask_threshold: float = DEFAULT_MASK_THRESHOLD
+    """Mask probability above which a pixel belongs to a segment."""
     overlap_mask_area_threshold: float = DEFAULT_OVERLAP_MASK_AREA_THRESHOLD
+    """Drop a segment when less than this share of its mask survives overlaps."""
 
 
 @dataclass
@@ -143,13 +168,22 @@ class RunConfig:
     """The run as a whole."""
 
     output_dir: str = "outputs/detr-panoptic"
+    """Folder of the run: checkpoints/, best_<stage>/, final/, metrics.jsonl (must be writable)."""
     seed: int = 42
+    """Seed of weights, augmentation and data order."""
     stages: list[str] = field(default_factory=lambda: list(STAGE_NAMES))
+    """Stages to train, in order: detection, masks (e.g. `masks` alone from a detection checkpoint)."""
     resume_from_checkpoint: str | None = None
     """`latest` (newest checkpoint in `output_dir/checkpoints`) or a checkpoint folder."""
     overwrite_output_dir: bool = False
+    """Replace a previous run in `output_dir` (its converted `dataset/` is kept)."""
     mixed_precision: str = "no"
+    """no, fp16, bf16 or fp8 (a GPU feature; `accelerate launch --mixed_precision` sets it too)."""
     gradient_accumulation_steps: int = 1
+    """Batches per optimiser step."""
+    save_every_epochs: int | None = None
+    """Write a resumable checkpoint (and the pending `best_<stage>/`) every N epochs of a stage and after its
+    last epoch; null = after each evaluation (`eval_every_epochs`) and the last epoch; 0 = after the last only."""
     save_total_limit: int | None = 2
     """Keep the N newest epoch checkpoints (null = keep all). `best_<stage>/` is kept separately."""
     debug_nan_loss_at_step: int | None = None
@@ -158,18 +192,26 @@ class RunConfig:
 
 @dataclass
 class LoggingConfig:
+    """Metrics logging."""
+
     report_to: list[str] = field(default_factory=list)
     """Accelerate trackers (`tensorboard`, `wandb`, ...); `all` = every installed one; empty = JSON lines only."""
     logging_steps: int = 10
     """Write a training-loss line to metrics.jsonl / the trackers every N optimiser steps."""
     project_name: str = "detr-panoptic"
+    """Project (run group) name given to the trackers."""
 
 
 @dataclass
 class HubConfig:
+    """Pushing the final model to the Hugging Face Hub."""
+
     push_to_hub: bool = False
+    """Upload `final/` with its model card at the end; the token and repo are checked before training."""
     hub_model_id: str | None = None
+    """USER/NAME or ORG/NAME of the Hub repo (created when missing)."""
     hub_private: bool = False
+    """Create the Hub repo private."""
 
 
 @dataclass
@@ -268,6 +310,10 @@ class TrainingConfig:
             )
         if self.run.gradient_accumulation_steps < 1:
             raise ConfigError("run.gradient_accumulation_steps must be >= 1")
+        if self.run.save_every_epochs is not None and self.run.save_every_epochs < 0:
+            raise ConfigError(
+                "run.save_every_epochs must be >= 0 or null (null = at each evaluation, 0 = at the end of each stage)"
+            )
         if self.run.save_total_limit is not None and self.run.save_total_limit < 1:
             raise ConfigError("run.save_total_limit must be >= 1 or null")
         if self.eval.eval_every_epochs < 0:
@@ -374,66 +420,6 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return data or {}
 
 
-def _cli_name(section: str, name: str) -> str:
-    return f"{section}_{name}" if section in STAGE_NAMES else name
-
-
-def _cli_dataclasses() -> tuple[list[type], dict[str, tuple[str, str, Any]]]:
-    """Flat dataclasses for `HfArgumentParser`: every field optional with default None (= not given).
-
-    Returns the dataclasses and {cli name: (section, field name, field type)}.
-    """
-    classes, index = [], {}
-    for section_field in dataclasses.fields(TrainingConfig):
-        section = section_field.name
-        section_type = type(getattr(TrainingConfig(), section))
-        flat = []
-        for f, tp in _resolved_fields(section_type):
-            name = _cli_name(section, f.name)
-            assert name not in index, (
-                f"duplicate CLI name {name}"
-            )  # field names must stay unique across sections
-            index[name] = (section, f.name, tp)
-            base, _ = _base_type(tp)
-            # Values come as strings and are converted by `_convert_cli_value` (lists "a,b", dicts as JSON,
-            # "null" for optional fields); booleans keep HfArgumentParser's `--flag` / `--flag false` handling.
-            cli_type = bool if base is bool else (str | None)  # bool + default None: `--flag` alone = True
-            doc = f"{section}.{f.name} ({tp})".replace("typing.", "")
-            flat.append((name, cli_type, field(default=None, metadata={"help": doc})))
-        classes.append(dataclasses.make_dataclass(f"{section.title()}Args", flat))
-    return classes, index
-
-
-def _convert_cli_value(key: str, raw: Any, tp: Any) -> Any:
-    base, optional = _base_type(tp)
-    if isinstance(raw, str) and optional and raw.lower() in ("null", "none"):
-        return None
-    origin = typing.get_origin(base)
-    if origin is list:
-        (item_type,) = typing.get_args(base)
-        items = [s.strip() for s in raw.split(",") if s.strip()]
-        try:
-            return [item_type(s) for s in items]
-        except ValueError as err:
-            raise ConfigError(
-                f"--{key}: expected comma-separated {item_type.__name__} values, got {raw!r}"
-            ) from err
-    if origin is dict or base is dict:
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"--{key}: expected a JSON object, got {raw!r}") from err
-        if not isinstance(value, dict):
-            raise ConfigError(f"--{key}: expected a JSON object, got {raw!r}")
-        return value
-    if base in (int, float):
-        try:
-            return base(raw)
-        except ValueError as err:
-            raise ConfigError(f"--{key}: expected {base.__name__}, got {raw!r}") from err
-    return raw
-
-
 def parse_config(argv: list[str] | None = None) -> TrainingConfig:
     """Parse `[--config FILE] [--key value ...]` into a validated `TrainingConfig`.
 
@@ -443,28 +429,9 @@ def parse_config(argv: list[str] | None = None) -> TrainingConfig:
     Raises:
         ConfigError: unknown keys, bad values, unreadable file.
     """
-    from transformers import HfArgumentParser
+    from finetune.config_cli import parse_command_line  # imports this module: imported when needed
 
-    classes, index = _cli_dataclasses()
-    parser = HfArgumentParser(classes, description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--config", default=None, help="YAML or JSON file (sections as in finetune/configs/)."
-    )
-    parsed = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
-    *flat_args, remaining = parsed
-    if remaining:
-        raise ConfigError(f"unknown command-line argument(s): {remaining}")
-    config_path = None
-    overrides: dict[str, dict[str, Any]] = {}
-    for obj in flat_args:
-        for key, raw in vars(obj).items():
-            if key == "config":
-                config_path = raw
-                continue
-            if raw is None or key not in index:
-                continue
-            section, name, tp = index[key]
-            overrides.setdefault(section, {})[name] = _convert_cli_value(key, raw, tp)
+    config_path, overrides = parse_command_line(argv)
     data = load_config_file(config_path) if config_path else {}
     source = str(config_path) if config_path else "defaults"
     config = TrainingConfig.from_dict(data, source=source)

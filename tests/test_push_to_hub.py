@@ -76,19 +76,13 @@ def test_dry_run_writes_exactly_the_upload_folder(trained, tmp_path):
     assert data.base_model == "facebook/detr-resnet-50-panoptic"
     assert "panoptic-segmentation" in data.tags
     metrics = {r.metric_type: r.metric_value for r in data.eval_results}
-    assert metrics == {
-        "pq": 43.21,
-        "sq": 75.0,
-        "rq": 55.0,
-        "pq_things": 50.0,
-        "pq_stuff": 30.0,
-        "box_map": 61.0,
-    }
+    # One unit everywhere: fractions in [0, 1], as in all_results.json.
+    assert metrics == {key: RESULTS[key] for key in ("pq", "sq", "rq", "pq_things", "pq_stuff", "box_map")}
     assert {r.task_type for r in data.eval_results} == {"image-segmentation"}
     text = card.text
     for i, name in enumerate(LABELS):  # classes with type and per-class PQ
         kind = "stuff" if i in STUFF else "thing"
-        pq = f"{100 * RESULTS['per_class_pq'][name]:.1f}"
+        pq = f"{RESULTS['per_class_pq'][name]:.3f}"
         assert f"| {i} | {name} | {kind} | {pq} |" in text
     assert 'pipeline("image-segmentation", model="me/detr-site")' in text
     assert "label_ids_to_fuse=set(model.config.stuff_label_ids)" in text
@@ -113,12 +107,20 @@ def test_card_threshold_is_the_one_saved_with_the_model(model_dir, tmp_path):
     _edit_config(model_dir, panoptic_postprocess={"threshold": 0.3, "mask_threshold": 0.5})
     push_model_dir(model_dir, "me/x", dry_run_dir=tmp_path / "saved")
     text = (tmp_path / "saved" / "README.md").read_text()
-    assert 'segmenter("site.jpg", threshold=0.3)' in text and "outputs, threshold=0.3," in text
+    expected = "threshold=0.3, mask_threshold=0.5, overlap_mask_area_threshold=0.8"  # the rest: training_config
+    assert f'segmenter("site.jpg", {expected})' in text and "outputs, threshold=0.3," in text
     # An older folder without it: the training config's eval threshold.
     _edit_config(model_dir, panoptic_postprocess=None)
     (model_dir / "training_config.yaml").write_text("eval:\n  threshold: 0.45\n")
     push_model_dir(model_dir, "me/x", dry_run_dir=tmp_path / "yaml")
     assert 'segmenter("site.jpg", threshold=0.45)' in (tmp_path / "yaml" / "README.md").read_text()
+
+
+def test_cli_accepts_model_as_an_alias_of_model_dir(trained, tmp_path):
+    out = tmp_path / "dry"
+    assert push_cli.main(["--model", str(trained), "--repo-id", "me/detr-site", "--dry-run", str(out)]) == 0
+    assert (out / "README.md").is_file()
+    assert "--model " not in push_cli.build_parser().format_help()  # a hidden alias
 
 
 @pytest.mark.parametrize(
@@ -186,7 +188,7 @@ def test_upload_defaults_to_main_public_and_a_descriptive_message(trained):
     assert [name for name, _ in api.calls] == ["create_repo", "upload_folder"]
     assert api.calls[0][1]["private"] is False
     assert api.calls[1][1]["revision"] is None
-    assert api.calls[1][1]["commit_message"] == "Upload detr-site (PQ 43.2)"
+    assert api.calls[1][1]["commit_message"] == "Upload detr-site (PQ 0.432)"
 
 
 def _http_error(status: int):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -23,6 +24,7 @@ FINAL_FILES = (
     "preprocessor_config.json",
     "training_config.yaml",
     "all_results.json",
+    "train_results.json",
 )
 
 
@@ -59,6 +61,17 @@ def test_final_folder(ci_run):
         assert math.isfinite(results[key]) and 0.0 <= results[key] <= 1.0, key
     assert set(results["per_class_pq"]) <= SAMPLE_NAMES
 
+    facts = json.loads((final / "train_results.json").read_text())
+    assert facts["started_from"]["kind"] == "random_init" and facts["started_from"]["name"] is None
+    assert facts["num_processes"] == 1 and facts["mixed_precision"] == "no" and facts["hardware"]
+    assert set(facts["stage_runtime"]) == {"detection", "masks"} and facts["train_runtime"] > 0
+    assert facts["train_samples"] == 8 and facts["eval_samples"] == 4  # ci.yaml's max_*_samples
+    # One file mode for the whole folder (safetensors alone used to be 0600), what `open` gives.
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {name: (final / name).stat().st_mode & 0o777 for name in FINAL_FILES}
+    assert set(modes.values()) == {0o666 & ~umask}, modes
+
 
 def test_metrics_checkpoints_best_and_overlay(ci_run):
     out, result = ci_run
@@ -89,6 +102,10 @@ def test_metrics_checkpoints_best_and_overlay(ci_run):
         assert (out / f"best_{stage}" / "all_results.json").is_file()
     assert Image.open(out / "prediction_overlay.png").size[0] > 0
     assert "final model saved to" in result.stderr
+    # The console: one line per evaluation, no accelerate per-file save chatter, no [RANK 0] in one process.
+    assert "detection epoch 1/1: box_map " in result.stderr and "masks epoch 1/1: pq " in result.stderr
+    assert "Saving current state" not in result.stderr and "Model weights saved" not in result.stderr
+    assert "[RANK 0]" not in result.stderr
 
 
 def test_pipeline_loads_final_and_names_segments_with_dataset_labels(ci_run, tmp_path):
@@ -231,8 +248,10 @@ def test_push_to_hub_inside_train_uploads_final_in_one_commit(
     push_args = ["--push_to_hub", "--hub_model_id", "me/detr-ci", "--hub_private", "true"]
     assert train.main([*argv, *tiny, "--masks_batch_size", "4", *push_args]) == 0
 
-    assert [name for name, _ in api.calls] == ["create_repo", "upload_folder"]
-    create, upload = api.calls[0][1], api.calls[1][1]
+    # create_repo twice: the check before training (as HF Trainer), then the push's own.
+    assert [name for name, _ in api.calls] == ["create_repo", "create_repo", "upload_folder"]
+    create, upload = api.calls[0][1], api.calls[2][1]
+    assert api.calls[1][1] == create
     assert create == {"repo_id": "me/detr-ci", "repo_type": "model", "private": True, "exist_ok": True}
     assert upload["repo_id"] == "me/detr-ci" and upload["repo_type"] == "model"
     assert set(upload["files"]) == {*FINAL_FILES, "README.md"}

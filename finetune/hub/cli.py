@@ -3,6 +3,8 @@
     python push_to_hub.py --model-dir outputs/run/final --repo-id USER/NAME [--private] \
         [--revision BRANCH] [--commit-message MSG] [--dry-run DIR]
 
+`--model` is accepted as an alias of `--model-dir` (the other scripts' name).
+
 Exit status: 0 on success, 1 when the folder is invalid, 2 for a network / authentication failure.
 """
 
@@ -22,9 +24,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Check a trained checkpoint folder, write its model card, upload it to the Hub in one commit.",
         epilog="Exit status: 0 on success, 1 for an invalid folder or repo id, 2 for a network/auth failure.",
     )
-    parser.add_argument(
-        "--model-dir", required=True, help="checkpoint folder written by train.py (output_dir/final)"
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument(
+        "--model-dir", dest="model_dir", help="checkpoint folder written by train.py (output_dir/final)"
     )
+    # The name predict.py, evaluate.py and train.py use for the same thing; kept out of --help.
+    model.add_argument("--model", dest="model_dir", help=argparse.SUPPRESS)
     parser.add_argument("--repo-id", required=True, help="USER/NAME or ORG/NAME on the Hub")
     parser.add_argument("--private", action="store_true", help="create the repo private")
     parser.add_argument("--revision", default=None, help="branch to push to (created when missing)")

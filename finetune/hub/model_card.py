@@ -2,12 +2,15 @@
 
 Metadata (`ModelCardData` + `EvalResult` for the model-index) and a Markdown body are read from the
 folder written by `finetune/train.py` (interface 3): `config.json` (labels, stuff labels),
-`training_config.yaml` (recipe) and `all_results.json` (metrics). Missing optional keys (hardware,
-run time, per-class PQ...) are left out of the card, never invented.
+`training_config.yaml` (recipe), `all_results.json` (metrics) and `train_results.json` (start point,
+hardware, time per stage, data size). Missing facts are "not recorded", never invented; the
+limitations are derived from the numbers. Metrics are shown as fractions in [0, 1], the unit of
+`all_results.json` and of the training logs.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -34,10 +37,9 @@ HARDWARE_KEYS = ("hardware", "device", "device_name", "gpu")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-def as_percent(value: float) -> float:
-    """Metrics are fractions in [0, 1] (the PQ/mAP accumulators); cards show percentages."""
-    value = float(value)
-    return round(value * 100.0 if abs(value) <= 1.0 else value, 2)
+def as_fraction(value: float) -> float:
+    """Metrics are fractions in [0, 1] (the PQ/mAP accumulators, `all_results.json`); so is the card."""
+    return round(float(value), 4)
 
 
 def _first(mapping: dict[str, Any], keys: tuple[str, ...]) -> Any:
@@ -91,38 +93,68 @@ def classes_table(config: dict[str, Any], results: dict[str, Any]) -> str:
         pq = per_class.get(name)
         rows.append(
             f"| {label} | {name} | {'stuff' if label in stuff else 'thing'} | "
-            f"{'–' if pq is None else f'{as_percent(pq):.1f}'} |"
+            f"{'–' if pq is None else f'{as_fraction(pq):.3f}'} |"
         )
     return "\n".join(rows)
 
 
 def _stage_lines(training_config: dict[str, Any]) -> list[str]:
+    """One line per stage trained, with the learning rates actually used: the masks stage trains the mask
+    head only, and a `backbone_lr` of 0 freezes the backbone (no backbone lr to report then)."""
     stages = (training_config.get("run") or {}).get("stages") or ["detection", "masks"]
     what = {
-        "detection": "box model (backbone, transformer, class and box heads); mask head frozen",
-        "masks": "mask head only; the detector is frozen",
+        "detection": "box model (transformer, class and box heads{backbone}); mask head frozen",
+        "masks": "mask head only; the detector (backbone included) is frozen",
     }
     lines = []
     for number, stage in enumerate(stages, start=1):
         section = training_config.get(stage) or {}
+        backbone_lr = section.get("backbone_lr")
+        backbone_trained = stage == "detection" and isinstance(backbone_lr, int | float) and backbone_lr > 0
         facts = [
             f"{section['epochs']} epochs" if "epochs" in section else None,
             f"batch size {section['batch_size']}" if "batch_size" in section else None,
-            f"lr {section['lr']:g}" if isinstance(section.get("lr"), int | float) else None,
-            f"backbone lr {section['backbone_lr']:g}"
-            if isinstance(section.get("backbone_lr"), int | float)
-            else None,
+            _lr_text(section) if isinstance(section.get("lr"), int | float) else None,
+            f"backbone lr {backbone_lr:g}" if backbone_trained else None,
             f"weight decay {section['weight_decay']:g}"
             if isinstance(section.get("weight_decay"), int | float)
             else None,
             f"gradient clip {section['max_grad_norm']}" if section.get("max_grad_norm") is not None else None,
         ]
-        lines.append(
-            f"- Stage {number}, **{stage}** — {what.get(stage, stage)}: "
-            + ", ".join(f for f in facts if f)
-            + "."
-        )
+        if stage == "detection":
+            backbone = ", backbone" if backbone_trained else "; backbone frozen"
+            description = what[stage].format(backbone=backbone)
+        else:
+            description = what.get(stage, stage)
+        lines.append(f"- Stage {number}, **{stage}** — {description}: " + ", ".join(f for f in facts if f) + ".")
     return lines
+
+
+def _lr_text(section: dict[str, Any]) -> str:
+    """`lr 0.001 (x0.1 after epoch 40)`: the StepLR schedule of `finetune/training/loop.py`."""
+    text = f"lr {section['lr']:g}"
+    gamma, epochs = section.get("lr_gamma"), section.get("epochs")
+    if isinstance(gamma, int | float) and gamma < 1 and isinstance(epochs, int):
+        drop = section.get("lr_drop_epochs") or max(1, math.ceil(epochs * 2 / 3))
+        if drop < epochs:
+            text += f" (×{gamma:g} after epoch {drop})"
+    return text
+
+
+def started_from(training_config: dict[str, Any], train_facts: dict[str, Any]) -> str:
+    """`the Hub checkpoint X` / `the local checkpoint X` / `a random initialisation (...)`."""
+    model = training_config.get("model") or {}
+    recorded = train_facts.get("started_from") or {}
+    name = recorded.get("name", model.get("model_name_or_path"))
+    kind = recorded.get("kind")
+    if name is None:
+        overrides = recorded.get("config_overrides") or model.get("config_overrides") or {}
+        keys = ("backbone", "d_model", "encoder_layers", "decoder_layers", "num_queries")
+        described = ", ".join(f"{k} {overrides[k]}" for k in keys if k in overrides)
+        return "a random initialisation (no pretrained weights" + (f"; DetrConfig {described})" if described else ")")
+    if kind == "hub" or (kind is None and base_model_id(training_config)):
+        return f"the Hub checkpoint [`{name}`](https://huggingface.co/{name})"
+    return f"the local checkpoint `{name}`"
 
 
 def build_model_card(
@@ -133,6 +165,7 @@ def build_model_card(
     license: str = DEFAULT_LICENSE,
     dataset_id: str | None = None,
     extra_tags: list[str] | None = None,
+    train_facts: dict[str, Any] | None = None,
 ) -> ModelCard:
     """The model card of a checkpoint.
 
@@ -144,12 +177,15 @@ def build_model_card(
         license: SPDX-like license id for the metadata.
         dataset_id: Hub dataset id of the training data, when it is published.
         extra_tags: Added to the default tags.
+        train_facts: Parsed `train_results.json` (start point, hardware, time per stage, data size); None =
+            the facts are "not recorded" (older folders: `hardware` / `train_runtime` in `results` are used).
 
     Returns:
         A `ModelCard` whose metadata has ``library_name: transformers``, ``pipeline_tag:
         image-segmentation``, license, base model, datasets, tags and the model-index results.
     """
-    base = base_model_id(training_config)
+    facts = _facts(results, train_facts or {})
+    base = base_model_id(training_config) if (facts["started_from"] or {}).get("kind") in (None, "hub") else None
     data = training_config.get("data") or {}
     dataset_name = dataset_id or Path(str(data.get("dataset_dir") or "construction-site panoptic")).name
     split = data.get("eval_split", "val")
@@ -162,7 +198,7 @@ def build_model_card(
             dataset_split=split,
             metric_type=metric_type,
             metric_name=display,
-            metric_value=as_percent(results[key]),
+            metric_value=as_fraction(results[key]),
         )
         for key, metric_type, display in METRICS
         if isinstance(results.get(key), int | float)
@@ -178,54 +214,85 @@ def build_model_card(
         tags=list(dict.fromkeys([*DEFAULT_TAGS, *(extra_tags or [])])),
         eval_results=eval_results or None,
     )
-    content = f"---\n{card_data.to_yaml()}\n---\n\n{_body(config, training_config, results, repo_id, base, dataset_name)}"
+    body = _body(config, training_config, results, facts, repo_id, dataset_name)
+    content = f"---\n{card_data.to_yaml()}\n---\n\n{body}"
     return ModelCard(content)
+
+
+def _facts(results: dict[str, Any], train_facts: dict[str, Any]) -> dict[str, Any]:
+    """The run's facts: `train_results.json`, else the keys older folders kept in `all_results.json`."""
+    runtime = train_facts.get("train_runtime", _first(results, RUNTIME_KEYS))
+    return {
+        "started_from": train_facts.get("started_from"),
+        "hardware": train_facts.get("hardware", _first(results, HARDWARE_KEYS)),
+        "num_processes": train_facts.get("num_processes", results.get("num_processes")),
+        "mixed_precision": train_facts.get("mixed_precision"),
+        "stage_runtime": train_facts.get("stage_runtime") or {},
+        "train_runtime": runtime,
+        "train_samples": train_facts.get("train_samples"),
+        "eval_samples": train_facts.get("eval_samples"),
+    }
 
 
 def _body(
     config: dict[str, Any],
     training_config: dict[str, Any],
     results: dict[str, Any],
+    facts: dict[str, Any],
     repo_id: str,
-    base: str | None,
     dataset_name: str,
 ) -> str:
     """The Markdown body of the card: one section per function, in reading order."""
-    threshold = score_threshold(config, training_config)
     return "\n\n".join(
         [
-            _intro_section(config, repo_id),
+            _intro_section(config, training_config, facts, repo_id, dataset_name),
             _results_section(training_config, results, dataset_name),
             _classes_section(config, results),
-            _usage_section(repo_id, threshold),
-            _recipe_section(training_config, results, base, dataset_name),
-            _limitations_section(config),
+            _usage_section(repo_id, postprocess_settings(config, training_config)),
+            _recipe_section(training_config, facts, dataset_name),
+            _limitations_section(config, training_config, results, facts),
             CITATION,
         ]
     )
 
 
-def _intro_section(config: dict[str, Any], repo_id: str) -> str:
+def postprocess_settings(config: dict[str, Any], training_config: dict[str, Any]) -> dict[str, float]:
+    """threshold, mask_threshold, overlap_mask_area_threshold the metrics were computed with (see
+    `score_threshold`); the two others only when recorded."""
+    settings = {"threshold": score_threshold(config, training_config)}
+    saved = {**(training_config.get("eval") or {}), **(config.get("panoptic_postprocess") or {})}
+    for key in ("mask_threshold", "overlap_mask_area_threshold"):
+        if isinstance(saved.get(key), int | float):
+            settings[key] = float(saved[key])
+    return settings
+
+
+def _intro_section(
+    config: dict[str, Any], training_config: dict[str, Any], facts: dict[str, Any], repo_id: str, dataset_name: str
+) -> str:
     id2label = config["id2label"]
     stuff = {int(i) for i in config.get("stuff_label_ids") or []}
     n_stuff = sum(1 for k in id2label if int(k) in stuff)
     n_things = len(id2label) - n_stuff
+    origin = started_from(training_config, facts)
+    how = "trained from scratch" if origin.startswith("a random") else "fine-tuned"
+    images = f", {facts['train_samples']} training images" if facts.get("train_samples") else ""
     return f"""# {repo_id.split("/")[-1]}
 
-A DETR{_backbone_name(config)} panoptic segmentation model fine-tuned on construction-site photos annotated in CVAT
-({n_things} thing and {n_stuff} stuff classes), trained with the detr-panoptic tooling in two
-stages: the box model first, then the mask head with the detector frozen."""
+A DETR{_backbone_name(config)} panoptic segmentation model {how} on {dataset_name} (CVAT annotations{images};
+{n_things} thing and {n_stuff} stuff classes), starting from {origin}. Trained with the detr-panoptic tooling
+in two stages: the box model first, then the mask head with the detector frozen."""
 
 
 def _results_section(training_config: dict[str, Any], results: dict[str, Any], dataset_name: str) -> str:
     data = training_config.get("data") or {}
     metric_rows = [
-        f"| {display} | {as_percent(results[key]):.1f} |"
+        f"| {display} | {as_fraction(results[key]):.3f} |"
         for key, _, display in METRICS
         if isinstance(results.get(key), int | float)
     ]
     results_block = (
-        "| metric | value (%) |\n|---|---:|\n" + "\n".join(metric_rows)
+        "| metric | value (0–1) |\n|---|---:|\n" + "\n".join(metric_rows)
         if metric_rows
         else "No evaluation results recorded."
     )
@@ -245,7 +312,9 @@ Things are counted per instance; stuff classes (one region per class and image) 
 {classes_table(config, results)}"""
 
 
-def _usage_section(repo_id: str, threshold: float) -> str:
+def _usage_section(repo_id: str, settings: dict[str, float]) -> str:
+    threshold = settings["threshold"]
+    pipeline_args = ", ".join(f"{key}={value}" for key, value in settings.items())
     return f"""## How to use
 
 With the `image-segmentation` pipeline (transformers >= 5):
@@ -254,7 +323,7 @@ With the `image-segmentation` pipeline (transformers >= 5):
 from transformers import pipeline
 
 segmenter = pipeline("image-segmentation", model="{repo_id}")
-for segment in segmenter("site.jpg", threshold={threshold}):
+for segment in segmenter("site.jpg", {pipeline_args}):
     print(segment["label"], segment["score"], segment["mask"].size)
 ```
 
@@ -283,52 +352,86 @@ In the detr-panoptic repository, `PanopticPredictor.from_pretrained("{repo_id}")
 colour overlays, and `python demo.py --model {repo_id}` opens a small web demo."""
 
 
-def _recipe_section(
-    training_config: dict[str, Any], results: dict[str, Any], base: str | None, dataset_name: str
-) -> str:
-    """Where the model started, its data, each stage's settings, augmentation, precision, hardware, time."""
+def _recipe_section(training_config: dict[str, Any], facts: dict[str, Any], dataset_name: str) -> str:
+    """Where the model started, its data, each stage's settings, augmentation, hardware and time."""
     data = training_config.get("data") or {}
     run = training_config.get("run") or {}
-    facts = [
-        f"- Started from: `{base}`" if base else "- Started from: a local checkpoint / random initialisation",
-        f"- Training data: {dataset_name} (split `{data.get('train_split', 'train')}`; "
-        f"evaluated on `{data.get('eval_split', 'val')}`)",
+    images = f", {facts['train_samples']} images" if facts.get("train_samples") else ""
+    evaluated = f" ({facts['eval_samples']} images)" if facts.get("eval_samples") else ""
+    lines = [
+        f"- Started from: {started_from(training_config, facts)}",
+        f"- Training data: {dataset_name} (split `{data.get('train_split', 'train')}`{images}; "
+        f"evaluated on `{data.get('eval_split', 'val')}`{evaluated})",
         *_stage_lines(training_config),
     ]
     if data.get("train_scales"):
         scales = data["train_scales"]
-        facts.append(
+        lines.append(
             f"- Augmentation: multi-scale shortest edge {min(scales)}–{max(scales)} px (max {data.get('max_size')}), "
             f"horizontal flip p={data.get('hflip_prob')}, random crop {'on' if data.get('random_crop') else 'off'}; "
             f"evaluation at shortest edge {data.get('eval_size')} px"
         )
-    if run.get("mixed_precision"):
-        facts.append(f"- Mixed precision: {run['mixed_precision']}; seed {run.get('seed')}")
-    runtime = _first(results, RUNTIME_KEYS)
-    hardware = _first(results, HARDWARE_KEYS)
-    hw = [str(hardware)] if hardware else []
-    if results.get("num_processes"):
-        hw.append(f"{results['num_processes']} process(es)")
-    facts.append(f"- Hardware: {', '.join(hw) if hw else 'not recorded'}")
-    facts.append(f"- Training time: {_duration(runtime) if runtime is not None else 'not recorded'}")
+    lines.append(f"- Hardware: {_hardware(facts, run)}")
+    lines.append(f"- Training time: {_training_time(facts)}; seed {run.get('seed', 'not recorded')}")
     return f"""## Training recipe
 
-{chr(10).join(facts)}
+{chr(10).join(lines)}
 
-The full configuration is in `training_config.yaml`, the final metrics in `all_results.json`."""
+The full configuration is in `training_config.yaml`, the final metrics in `all_results.json`, the run's
+facts (hardware, time per stage) in `train_results.json` when recorded."""
 
 
-def _limitations_section(config: dict[str, Any]) -> str:
-    return f"""## Limitations
+def _hardware(facts: dict[str, Any], run: dict[str, Any]) -> str:
+    if not facts.get("hardware"):
+        return "not recorded"
+    count = facts.get("num_processes")
+    precision = facts.get("mixed_precision") or run.get("mixed_precision")
+    text = str(facts["hardware"]) + (f" × {count} process(es)" if count else "")
+    return text + (f", mixed precision {precision}" if precision else "")
 
-- Trained on a small, domain-specific set of construction-site photos: expect poor results on other
-  scenes, viewpoints, weather and lighting, and on classes it was not trained on.
-- Stuff classes (floor, wall, sky, ground...) are large regions with loose boundaries, often annotated
-  less carefully than things: their quality is usually lower (compare PQ stuff with PQ things).
-- DETR finds at most `num_queries` ({config.get("num_queries", "?")}) segments per image and misses
-  small objects more often than large ones.
-- Scores are not calibrated probabilities; tune `threshold` on your own data.
-- Not suitable for safety-critical decisions (e.g. worker safety monitoring) without human review."""
+
+def _training_time(facts: dict[str, Any]) -> str:
+    if facts.get("train_runtime") is None:
+        return "not recorded"
+    per_stage = ", ".join(f"{stage} {_duration(sec)}" for stage, sec in facts["stage_runtime"].items())
+    return _duration(facts["train_runtime"]) + (f" ({per_stage})" if per_stage else "")
+
+
+def _limitations_section(
+    config: dict[str, Any], training_config: dict[str, Any], results: dict[str, Any], facts: dict[str, Any]
+) -> str:
+    """Limitations that follow from this model's numbers first, then those of DETR and of any model."""
+    lines = []
+    n_train = facts.get("train_samples")
+    if started_from(training_config, facts).startswith("a random"):
+        lines.append(
+            "- Trained from a random initialisation, without pretrained weights"
+            + (f", on {n_train} images" if n_train else "")
+            + ": a demonstration of the pipeline, not a model to use."
+        )
+    elif isinstance(n_train, int) and n_train < 500:
+        lines.append(f"- Fine-tuned on only {n_train} images: expect poor results on scenes unlike them.")
+    things, stuff = results.get("pq_things"), results.get("pq_stuff")
+    if isinstance(things, int | float) and isinstance(stuff, int | float) and abs(things - stuff) >= 0.05:
+        worse, better = ("things", "stuff") if things < stuff else ("stuff", "things")
+        low, high = sorted((things, stuff))
+        lines.append(f"- {worse.title()} are segmented much worse than {better}: PQ {worse} {low:.3f} "
+                     f"vs PQ {better} {high:.3f}.")
+    weak = sorted((pq, name) for name, pq in (results.get("per_class_pq") or {}).items() if pq < 0.1)
+    if weak:
+        names = ", ".join(f"{name} ({pq:.2f})" for pq, name in weak)
+        lines.append(f"- Classes with PQ below 0.1, mostly missed or wrong: {names}.")
+    if isinstance(results.get("pq"), int | float) and results["pq"] < 0.3:
+        lines.append(f"- Overall PQ {results['pq']:.3f}: many segments are missed or wrong.")
+    lines += [
+        "- The data is domain-specific: expect worse results on other scenes, viewpoints, weather and lighting,"
+        " and nothing on classes it was not trained on.",
+        f"- DETR finds at most `num_queries` ({config.get('num_queries', '?')}) segments per image and misses"
+        " small objects more often than large ones.",
+        "- Scores are not calibrated probabilities; tune `threshold` on your own data.",
+        "- Not suitable for safety-critical decisions (e.g. worker safety monitoring) without human review.",
+    ]
+    return "## Limitations\n\n" + "\n".join(lines)
 
 
 CITATION = """## Citation

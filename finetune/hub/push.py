@@ -16,10 +16,12 @@ Exit status: 0 on success, 1 when the folder is invalid, 2 for a network / authe
 `finetune/train.py --push_to_hub` calls `push_model_dir` (same checks, same card).
 """
 
+import contextlib
 import json
 import logging
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,7 @@ logger = logging.getLogger(__name__)
 REQUIRED_FILES = ("config.json", "preprocessor_config.json", "training_config.yaml", "all_results.json")
 OPTIONAL_FILES = ("metrics.jsonl", "eval_results.json", "train_results.json")
 WEIGHTS = "model.safetensors"
+TRAIN_FACTS = "train_results.json"  # start point, hardware, time per stage (finetune/training/export.py)
 WEIGHTS_INDEX = "model.safetensors.index.json"
 
 
@@ -72,6 +75,7 @@ class CheckedFolder:
     training_config: dict[str, Any]
     results: dict[str, Any]
     files: list[str]
+    train_facts: dict[str, Any] | None = None
 
 
 def _read_json(path: Path) -> Any:
@@ -191,7 +195,10 @@ def check_model_dir(model_dir: str | Path) -> CheckedFolder:
     ignored = sorted(p.name for p in folder.iterdir() if p.name not in files and p.name != "README.md")
     if ignored:
         logger.info("not uploaded (not part of a model repo): %s", ", ".join(ignored))
-    return CheckedFolder(folder, config, training_config, results, files)
+    train_facts = _read_json(folder / TRAIN_FACTS) if (folder / TRAIN_FACTS).is_file() else None
+    if train_facts is not None and not isinstance(train_facts, dict):
+        raise ModelFolderError(f"{folder / TRAIN_FACTS}: expected a JSON object")
+    return CheckedFolder(folder, config, training_config, results, files, train_facts)
 
 
 def stage_upload_folder(
@@ -212,6 +219,7 @@ def stage_upload_folder(
         repo_id,
         license=license,
         dataset_id=dataset_id,
+        train_facts=checked.train_facts,
     )
     card.save(target / "README.md")
     return target
@@ -263,7 +271,7 @@ def push_model_dir(
     _validate_repo_id(repo_id)
     checked = check_model_dir(model_dir)
     if commit_message is None:
-        commit_message = f"Upload {repo_id.split('/')[-1]} (PQ {100 * float(checked.results['pq']):.1f})"
+        commit_message = f"Upload {repo_id.split('/')[-1]} (PQ {float(checked.results['pq']):.3f})"
 
     if dry_run_dir is not None:
         with atomic_directory(dry_run_dir, overwrite=overwrite_dry_run) as tmp:
@@ -271,17 +279,12 @@ def push_model_dir(
         logger.info("dry run: wrote the upload folder to %s (nothing uploaded)", dry_run_dir)
         return str(dry_run_dir)
 
-    if api is None:
-        if get_token() is None:
-            raise HubUploadError(
-                "no Hugging Face token: set HF_TOKEN or run `hf auth login` (nothing uploaded)"
-            )
-        api = HfApi()
+    api = api if api is not None else _authenticated_api()
     with tempfile.TemporaryDirectory(prefix="push_to_hub-") as tmp:
         staged = stage_upload_folder(
             checked, Path(tmp) / "upload", repo_id, license=license, dataset_id=dataset_id
         )
-        try:
+        with _hub_errors(repo_id, "upload to"):
             api.create_repo(repo_id=repo_id, repo_type="model", private=private, exist_ok=True)
             if revision is not None:
                 api.create_branch(repo_id=repo_id, repo_type="model", branch=revision, exist_ok=True)
@@ -292,20 +295,53 @@ def push_model_dir(
                 revision=revision,
                 commit_message=commit_message,
             )
-        except LocalTokenNotFoundError as err:
-            raise HubUploadError("no Hugging Face token: set HF_TOKEN or run `hf auth login`") from err
-        except OfflineModeIsEnabled as err:
-            raise HubUploadError("HF_HUB_OFFLINE=1 is set: unset it to upload (nothing uploaded)") from err
-        except HfHubHTTPError as err:
-            status = getattr(getattr(err, "response", None), "status_code", None)
-            if status in (401, 403):
-                raise HubUploadError(
-                    f"the Hub refused the upload to {repo_id} (HTTP {status}): check that your token has write "
-                    "access to that user/organisation (`hf auth login`)"
-                ) from err
-            raise HubUploadError(f"upload to {repo_id} failed: {err}") from err
-        except _network_errors() as err:
-            raise HubUploadError(f"cannot reach the Hugging Face Hub ({type(err).__name__}: {err})") from err
     url = getattr(commit, "commit_url", None) or str(commit)
     logger.info("uploaded %s to %s in one commit: %s", checked.path, repo_id, url)
     return url
+
+
+def check_hub_access(repo_id: str, private: bool = False, api: HfApi | None = None) -> None:
+    """Before a training run that will push: the repo id is valid, a token exists, and the repo can be
+    created (it is created now, empty, when missing, as the Hugging Face Trainer does).
+
+    Raises:
+        ModelFolderError: invalid repo id.
+        HubUploadError: no token, Hub unreachable, or creation refused (the message says nothing was trained).
+    """
+    _validate_repo_id(repo_id)
+    api = api if api is not None else _authenticated_api("nothing trained")
+    with _hub_errors(repo_id, "creation of the repository", "nothing trained"):
+        api.create_repo(repo_id=repo_id, repo_type="model", private=private, exist_ok=True)
+
+
+def _authenticated_api(consequence: str = "nothing uploaded") -> HfApi:
+    if get_token() is None:
+        raise HubUploadError(f"no Hugging Face token: set HF_TOKEN or run `hf auth login` ({consequence})")
+    return HfApi()
+
+
+@contextlib.contextmanager
+def _hub_errors(repo_id: str, action: str, consequence: str = "nothing uploaded") -> Iterator[None]:
+    """Turn the Hub client's errors into one-line `HubUploadError`s (`action`: "upload to" + the repo id)."""
+    try:
+        yield
+    except LocalTokenNotFoundError as err:
+        raise HubUploadError(f"no Hugging Face token: set HF_TOKEN or run `hf auth login` ({consequence})") from err
+    except OfflineModeIsEnabled as err:
+        raise HubUploadError(f"HF_HUB_OFFLINE=1 is set: unset it to push ({consequence})") from err
+    except HfHubHTTPError as err:
+        status = getattr(getattr(err, "response", None), "status_code", None)
+        if status in (401, 403):
+            raise HubUploadError(
+                f"the Hub refused the {action} {repo_id} (HTTP {status}): check that your token has write "
+                f"access to that user/organisation (`hf auth login`) ({consequence})"
+            ) from err
+        raise HubUploadError(f"{action} {repo_id} failed: {_one_line(err)} ({consequence})") from err
+    except _network_errors() as err:
+        raise HubUploadError(
+            f"cannot reach the Hugging Face Hub ({type(err).__name__}: {_one_line(err)}) ({consequence})"
+        ) from err
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())

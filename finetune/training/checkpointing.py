@@ -22,13 +22,14 @@ import json
 import re
 import shutil
 import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 
 from finetune.config import STAGE_NAMES, TrainingConfig
+from finetune.training.export import plain_permissions
 
 logger = get_logger(__name__)
 
@@ -55,6 +56,7 @@ class TrainerState:
         best_metric: best value of the stage's metric so far (None before any evaluation).
         metric_name: `box_map` (detection) or `pq` (masks).
         last_eval: the metrics of the latest evaluation in this stage (for `all_results.json` after a resume).
+        stage_runtime: wall-clock seconds spent training each stage so far (the model card's times).
     """
 
     stage: str
@@ -63,6 +65,7 @@ class TrainerState:
     best_metric: float | None = None
     metric_name: str | None = None
     last_eval: dict | None = None
+    stage_runtime: dict = field(default_factory=dict)
 
 
 def checkpoints_dir(output_dir: str | Path) -> Path:
@@ -197,6 +200,7 @@ def save_checkpoint(
     if accelerator.is_main_process:
         config.save(tmp / CONFIG_FILE)
         (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=2), encoding="utf-8")
+        plain_permissions(tmp)
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)

@@ -6,13 +6,19 @@
     model.safetensors
     preprocessor_config.json  DetrImageProcessor(format="coco_panoptic"), the evaluation size of training
     training_config.yaml      the run's configuration
-    all_results.json          the metrics (final: last evaluation of each stage)
+    all_results.json          the metrics (final: last evaluation of each stage), fractions in [0, 1]
+    train_results.json        final only: how it was trained (start point, hardware, time per stage, data
+                              size), read by the model card (`finetune/hub/model_card.py`)
+
+Every file gets the permissions a plain `open` gives (0666 less the umask), like the rest of `output_dir`.
 
 `pipeline("image-segmentation", model=folder)` and `PanopticPredictor.from_pretrained(folder)` load it.
 """
 
 from __future__ import annotations
 
+import os
+import platform
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +30,7 @@ from finetune.config import TrainingConfig
 from finetune.modeling.loading import label_space
 
 RESULTS_FILE = "all_results.json"
+TRAIN_RESULTS_FILE = "train_results.json"
 CONFIG_FILE = "training_config.yaml"
 
 
@@ -34,6 +41,7 @@ def save_model_folder(
     config: TrainingConfig,
     categories: list[dict],
     results: dict[str, Any] | None = None,
+    train_facts: dict[str, Any] | None = None,
 ) -> Path:
     """Save model + processor + config (+ results) into `folder`, replacing it atomically.
 
@@ -45,6 +53,7 @@ def save_model_folder(
         categories: `load_categories(...)` in label order; their ids are saved as `config.category_ids`,
             their colours as `config.label_colors` (the shared palette for a category without one).
         results: metrics for `all_results.json`.
+        train_facts: the run's facts for `train_results.json` (`run_facts(...)`); None = no file.
 
     `config.panoptic_postprocess` records the `eval` post-processing settings, so that inference and
     evaluation of the folder later default to the settings that produced `all_results.json`.
@@ -65,7 +74,20 @@ def save_model_folder(
         config.save(Path(tmp) / CONFIG_FILE)
         if results is not None:
             atomic_write_json(Path(tmp) / RESULTS_FILE, results, indent=2)
+        if train_facts is not None:
+            atomic_write_json(Path(tmp) / TRAIN_RESULTS_FILE, train_facts, indent=2)
+        plain_permissions(Path(tmp))
     return Path(folder)
+
+
+def plain_permissions(folder: Path) -> None:
+    """safetensors writes `model.safetensors` 0600: give every file under `folder` what `open` gives
+    (0666 & ~umask), like the rest of `output_dir`."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in folder.rglob("*"):
+        if path.is_file():
+            path.chmod(0o666 & ~umask)
 
 
 def final_results(last_eval: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -78,3 +100,47 @@ def final_results(last_eval: dict[str, dict[str, Any]]) -> dict[str, Any]:
     for stage in ("detection", "masks"):
         results.update(last_eval.get(stage, {}))
     return results
+
+
+def device_description(device: torch.device) -> str:
+    """`NVIDIA H200`, `Apple MPS`, or `CPU (x86_64, 16 cores)`: what the model card calls the hardware."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "mps":
+        return "Apple MPS"
+    if device.type == "cpu":
+        return f"CPU ({platform.machine() or 'unknown'}, {os.cpu_count()} cores)"
+    return device.type
+
+
+def run_facts(
+    config: TrainingConfig,
+    device: torch.device,
+    num_processes: int,
+    mixed_precision: str,
+    stage_runtime: dict[str, float],
+    train_samples: int,
+    eval_samples: int,
+) -> dict[str, Any]:
+    """`train_results.json`: what the model card states about the run, measured (never guessed).
+
+    Args:
+        config: the run's configuration (start point, stages).
+        device: the device of the main process.
+        num_processes: training processes (one per device).
+        mixed_precision: Accelerate's precision (`no`, `fp16`, `bf16`, `fp8`).
+        stage_runtime: wall-clock training seconds per stage (evaluation included, across resumes).
+        train_samples, eval_samples: images in the training and evaluation splits.
+    """
+    source = config.model.model_name_or_path
+    kind = "random_init" if source is None else ("local" if Path(source).expanduser().is_dir() else "hub")
+    return {
+        "started_from": {"kind": kind, "name": source, "config_overrides": config.model.config_overrides},
+        "hardware": device_description(device),
+        "num_processes": num_processes,
+        "mixed_precision": mixed_precision,
+        "stage_runtime": {stage: round(seconds, 1) for stage, seconds in stage_runtime.items()},
+        "train_runtime": round(sum(stage_runtime.values()), 1),
+        "train_samples": train_samples,
+        "eval_samples": eval_samples,
+    }

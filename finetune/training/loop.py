@@ -3,7 +3,12 @@
 `fit_stage` runs one stage (`detection` or `masks`) from its first (or resumed) epoch to its last:
 
     freeze_for_stage -> AdamW(param_groups) + StepLR -> accelerator.prepare
-    for each epoch: train_one_epoch -> evaluate (every `eval_every_epochs`) -> best_<stage>/ -> checkpoint
+    for each epoch: train_one_epoch -> evaluate (every `eval_every_epochs`) -> keep the best weights
+                    -> best_<stage>/ + checkpoint (`save_every_epochs`; default: after each evaluation and
+                       the last epoch; see `finetune/training/best_model.py`)
+
+The console shows one progress bar per stage (`epoch e/E`, step, loss, lr, elapsed and time left) and
+one line per evaluation; the per-step numbers go to `metrics.jsonl` and the trackers.
 
 Each stage prepares the model again (DDP registers only the parameters that require grad when it
 wraps the model, and the trainable set changes between stages) together with its own optimiser,
@@ -20,6 +25,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +66,8 @@ class RunSession:
         save_best: `save_best(model, folder, metrics)` writes a loadable model folder (main process only).
         global_step: optimiser steps so far, all stages (updated by `fit_stage`).
         last_eval: the latest evaluation metrics per stage.
+        flush_best: writes the best models `save_best` kept (called before each checkpoint); None = nothing kept.
+        stage_runtime: wall-clock seconds of training per stage (across resumes), for the model card.
     """
 
     accelerator: Accelerator
@@ -71,6 +79,8 @@ class RunSession:
     save_best: Callable[[torch.nn.Module, Path, dict[str, Any]], None]
     global_step: int = 0
     last_eval: dict[str, dict[str, Any]] = field(default_factory=dict)
+    flush_best: Callable[[], None] | None = None
+    stage_runtime: dict[str, float] = field(default_factory=dict)
 
 
 def build_optimizer(
@@ -100,6 +110,7 @@ def train_one_epoch(
     metrics: MetricsLogger,
     logging_steps: int,
     nan_at_step: int | None = None,
+    progress: tqdm | None = None,
 ) -> tuple[int, float]:
     """One pass over `loader` with gradient accumulation and clipping.
 
@@ -110,6 +121,7 @@ def train_one_epoch(
         epoch: 0-based epoch of the stage (for logs and errors).
         global_step: optimiser steps before this epoch.
         nan_at_step: testing aid, poison the loss at this global step.
+        progress: the stage's progress bar (advanced per batch; None = no bar).
 
     Returns:
         (global step after the epoch, mean training loss over all processes).
@@ -119,9 +131,7 @@ def train_one_epoch(
     """
     model.train()
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    progress = tqdm(
-        total=len(loader), desc=f"{stage} epoch {epoch + 1}", disable=not accelerator.is_local_main_process
-    )
+    progress = progress if progress is not None else tqdm(disable=True)
     window, total_loss, batches = [], torch.zeros((), device=accelerator.device), 0
     for batch in loader:
         with accelerator.accumulate(model):
@@ -149,10 +159,9 @@ def train_one_epoch(
                 record.update({k: float(v) for k, v in components.items()})
                 record["lr"] = optimizer.param_groups[0]["lr"]
                 metrics.log(record)
-                progress.set_postfix(loss=f"{record['loss']:.3f}")
+                progress.set_postfix({"step": global_step, "loss": f"{record['loss']:.3f}", "lr": f"{record['lr']:.2g}"})
                 window = []
             _kill_if_requested(global_step)
-    progress.close()
     mean_loss = accelerator.reduce(total_loss / max(batches, 1), reduction="mean")
     return global_step, float(mean_loss)
 
@@ -179,6 +188,36 @@ def _check_finite(loss, components, accelerator: Accelerator, stage: str, epoch:
 def _should_evaluate(epoch: int, epochs: int, every: int) -> bool:
     last = epoch + 1 == epochs
     return last or (every > 0 and (epoch + 1) % every == 0)
+
+
+def should_save(epoch: int, epochs: int, save_every: int | None, evaluated: bool) -> bool:
+    """Checkpoint after 0-based `epoch`? Every `save_every` epochs, or (None) after each evaluation, or (0)
+    never; always after the stage's last epoch."""
+    if epoch + 1 == epochs:
+        return True
+    if save_every is None:
+        return evaluated
+    return save_every > 0 and (epoch + 1) % save_every == 0
+
+
+def stage_progress(accelerator: Accelerator, stage: str, epochs: int, steps_per_epoch: int, epoch: int) -> tqdm:
+    """The stage's bar: batches of all its epochs (so tqdm's time left covers the stage), from `epoch`."""
+    return tqdm(
+        total=epochs * steps_per_epoch,
+        initial=epoch * steps_per_epoch,
+        desc=stage,
+        unit="batch",
+        dynamic_ncols=True,
+        mininterval=1.0,
+        disable=not accelerator.is_local_main_process,
+    )
+
+
+def eval_summary(stage: str, epoch: int, epochs: int, results: dict[str, Any], train_loss: float) -> str:
+    """One console line per evaluation: the stage metric first, then its parts (fractions in [0, 1])."""
+    keys = ["box_map"] if stage == "detection" else ["pq", "pq_things", "pq_stuff", "sq", "rq", "box_map"]
+    values = " ".join(f"{k} {results[k]:.4f}" for k in keys if isinstance(results.get(k), int | float))
+    return f"{stage} epoch {epoch + 1}/{epochs}: {values} | train loss {train_loss:.4f}"
 
 
 def fit_stage(
@@ -217,7 +256,11 @@ def fit_stage(
             session.last_eval[stage] = state.last_eval
         logger.info(f"resumed stage {stage} after epoch {state.epoch} (step {state.global_step}) from {path}")
 
+    session.stage_runtime.update(state.stage_runtime)
+    started, runtime_before = time.monotonic(), session.stage_runtime.get(stage, 0.0)
+    progress = stage_progress(accelerator, stage, stage_cfg.epochs, len(loader), state.epoch)
     for epoch in range(state.epoch, stage_cfg.epochs):
+        progress.set_description(f"{stage} epoch {epoch + 1}/{stage_cfg.epochs}")
         loader.set_epoch(epoch)
         session.global_step, train_loss = train_one_epoch(
             prepared,
@@ -231,13 +274,15 @@ def fit_stage(
             session.metrics,
             config.logging.logging_steps,
             config.run.debug_nan_loss_at_step,
+            progress,
         )
         epoch_lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         record = {"type": "train_epoch", "stage": stage, "epoch": epoch, "step": session.global_step}
         session.metrics.log({**record, "loss": train_loss, "lr": epoch_lr})
         state.epoch, state.global_step = epoch + 1, session.global_step
-        if _should_evaluate(epoch, stage_cfg.epochs, config.eval.eval_every_epochs):
+        evaluated = _should_evaluate(epoch, stage_cfg.epochs, config.eval.eval_every_epochs)
+        if evaluated:
             inner = accelerator.unwrap_model(prepared)
             results = evaluate(
                 inner, session.eval_loader, accelerator, session.eval_context, stage == "masks"
@@ -245,12 +290,18 @@ def fit_stage(
             session.metrics.log(
                 {"type": "eval", "stage": stage, "epoch": epoch, "step": session.global_step, **results}
             )
-            logger.info(f"{stage} epoch {epoch + 1}: {metric_name} {results[metric_name]:.4f}")
+            logger.info(eval_summary(stage, epoch, stage_cfg.epochs, results, train_loss))
             session.last_eval[stage] = state.last_eval = results
             if state.best_metric is None or results[metric_name] > state.best_metric:
                 state.best_metric = results[metric_name]
                 if accelerator.is_main_process:
                     session.save_best(inner, session.output_dir / f"best_{stage}", results)
                 accelerator.wait_for_everyone()
-        save_checkpoint(accelerator, session.output_dir, state, config, config.run.save_total_limit)
+        session.stage_runtime[stage] = runtime_before + time.monotonic() - started
+        state.stage_runtime = dict(session.stage_runtime)
+        if should_save(epoch, stage_cfg.epochs, config.run.save_every_epochs, evaluated):
+            if session.flush_best is not None:
+                session.flush_best()  # best_<stage>/ on disk matches this checkpoint's best_metric
+            save_checkpoint(accelerator, session.output_dir, state, config, config.run.save_total_limit)
+    progress.close()
     return accelerator.unwrap_model(prepared)
