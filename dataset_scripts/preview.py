@@ -290,3 +290,32 @@ def _add_legend(canvas: Image.Image, entries: list[tuple[str, tuple]]) -> Image.
             anchor="lm",
         )
     return result
+
+
+def side_by_side(panels: Sequence[tuple[str, Image.Image]], min_width: int = 480) -> Image.Image:
+    """Pictures next to each other, each under its title, scaled up to a readable width.
+
+    Args:
+        panels: ``(title, picture)`` pairs, drawn left to right (e.g. ground truth | prediction).
+        min_width: A panel narrower than this is enlarged (nearest neighbour, so segment borders
+            stay sharp) to at least this width.
+
+    Returns:
+        One RGB image: a white title strip above each panel, panels separated by a white gutter.
+    """
+    scale = max(1, -(-min_width // max(picture.width for _, picture in panels)))
+    scaled = [
+        picture.convert("RGB").resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+        for _, picture in panels
+    ]
+    title_size = max(14, scaled[0].width // 28)
+    strip, gutter = title_size + 12, 8
+    width = sum(p.width for p in scaled) + gutter * (len(scaled) - 1)
+    canvas = Image.new("RGB", (width, strip + max(p.height for p in scaled)), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    x = 0
+    for (title, _), picture in zip(panels, scaled, strict=True):
+        draw.text((x + 6, 6), title, fill=(0, 0, 0), font=_font(title_size))
+        canvas.paste(picture, (x, strip))
+        x += picture.width + gutter
+    return canvas

@@ -141,3 +141,14 @@ def test_one_palette_for_categories_labels_and_uncoloured_segments():
     segments[0] = {"id": 1, "name": "wall", "isthing": False}
     overlay = np.asarray(draw_panoptic_overlay(image, ids, segments, alpha=1.0))
     assert tuple(overlay[10, 40]) == palette_color(1)
+
+
+def test_side_by_side_enlarges_small_panels_and_keeps_their_pixels():
+    from dataset_scripts.preview import side_by_side
+
+    left = Image.new("RGB", (100, 50), (255, 0, 0))
+    right = Image.new("RGB", (100, 50), (0, 0, 255))
+    picture = np.asarray(side_by_side([("ground truth", left), ("prediction", right)], min_width=480))
+    assert picture.shape[1] == 2 * 500 + 8  # each panel x5 (>= 480 px), an 8 px gutter
+    bottom = picture[-1]
+    assert (bottom[:500] == (255, 0, 0)).all() and (bottom[508:] == (0, 0, 255)).all()

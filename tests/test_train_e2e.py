@@ -7,6 +7,7 @@ import json
 import math
 import os
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -100,7 +101,11 @@ def test_metrics_checkpoints_best_and_overlay(ci_run):
     for stage in ("detection", "masks"):
         assert (out / f"best_{stage}" / "model.safetensors").is_file()
         assert (out / f"best_{stage}" / "all_results.json").is_file()
-    assert Image.open(out / "prediction_overlay.png").size[0] > 0
+    # Ground truth | prediction, each panel enlarged to a readable width (the ci images are 96 px).
+    overlay = np.asarray(Image.open(out / "prediction_overlay.png").convert("RGB"))
+    assert overlay.shape[1] >= 2 * 480
+    half = overlay.shape[1] // 2
+    assert not np.array_equal(overlay[:, : half - 8], overlay[:, half + 8 : 2 * half])
     assert "final model saved to" in result.stderr
     # The console: one line per evaluation, no accelerate per-file save chatter, no [RANK 0] in one process.
     assert "detection epoch 1/1: box_map " in result.stderr and "masks epoch 1/1: pq " in result.stderr

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import numpy as np
 import torch
 import transformers
 from accelerate import Accelerator
@@ -314,17 +315,41 @@ def fit(parts: RunParts, config: TrainingConfig, resume: tuple[Path, TrainerStat
 # ------------------------------------------------------------------------------------------------ save
 
 
-def write_prediction_overlay(final_dir: Path, image, out_path: Path) -> None:
-    """The final model's panoptic prediction on one image, as a colour overlay (written atomically).
+def write_prediction_overlay(final_dir: Path, row: dict, categories: list[dict], out_path: Path) -> None:
+    """Ground truth | the final model's prediction on one evaluation image, side by side (atomic write).
 
-    The post-processing settings are the checkpoint's (the `eval` section, saved in `final/`).
+    The post-processing settings are the checkpoint's (the `eval` section, saved in `final/`); an
+    empty prediction says so in its title instead of showing a bare photo.
+
+    Args:
+        final_dir: The saved final model folder.
+        row: One evaluation row (``image``, ``panoptic`` RGB-encoded ids, ``segments_info``).
+        categories: The dataset categories (``id``, ``name``, ``isthing``, optional ``color``).
+        out_path: Where the PNG goes.
     """
+    from dataset_scripts.panoptic_format import rgb2id
+    from dataset_scripts.preview import draw_panoptic_overlay, side_by_side
     from finetune.inference import PanopticPredictor, render_overlay
 
+    image = row["image"].convert("RGB")
+    by_category = {c["id"]: c for c in categories}
+    truth = []
+    for segment in row["segments_info"]:
+        category = by_category[segment["category_id"]]
+        truth.append(
+            {"id": segment["id"], "name": category["name"], "isthing": category["isthing"], "color": category.get("color")}
+        )
+    truth_ids = rgb2id(np.asarray(row["panoptic"].convert("RGB")))
     predictor = PanopticPredictor.from_pretrained(final_dir, device="cpu")
-    (prediction,) = predictor.predict([image.convert("RGB")])
+    (prediction,) = predictor.predict([image])
+    title = "prediction"
+    if not prediction.segments:
+        title = f"prediction: no segment above threshold {predictor.threshold:g}"
+    picture = side_by_side(
+        [("ground truth", draw_panoptic_overlay(image, truth_ids, truth)), (title, render_overlay(image, prediction))]
+    )
     buffer = io.BytesIO()
-    render_overlay(image.convert("RGB"), prediction).save(buffer, format="PNG")
+    picture.save(buffer, format="PNG")
     atomic_write_bytes(out_path, buffer.getvalue())
 
 
@@ -372,7 +397,7 @@ def save_final(
         )
         eval_split = parts.eval_split
         if len(eval_split):
-            write_prediction_overlay(final_dir, eval_split[0]["image"], output_dir / OVERLAY_FILE)
+            write_prediction_overlay(final_dir, eval_split[0], parts.categories, output_dir / OVERLAY_FILE)
             logger.info(f"prediction overlay of {eval_split[0]['file_name']}: {output_dir / OVERLAY_FILE}")
         if config.hub.push_to_hub:
             push_final(final_dir, config)
