@@ -54,6 +54,7 @@ from finetune.training.checkpointing import MODEL_FILE, CheckpointError, Trainer
 from finetune.training.export import RESULTS_FILE, final_results, save_model_folder
 from finetune.training.loop import NonFiniteLossError, RunSession, fit_stage
 from finetune.training.metrics_log import MetricsLogger
+from finetune.training.speed import apply_speed_settings
 
 logger = get_logger("finetune.train")  # also when run as a file (__name__ == "__main__")
 
@@ -374,6 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(format="%(levelname)s: %(message)s")
         logging.getLogger(__name__).error(f"configuration error: {err}")
         return 2
+    apply_speed_settings(config.trainer)  # threads, denormals: before torch starts working
     accelerator = setup_accelerator(config)
     setup_logging(accelerator)
     try:
