@@ -24,7 +24,7 @@ def write_yaml(tmp_path: Path, data: dict, name: str = "cfg.yaml") -> Path:
     return path
 
 
-@pytest.mark.parametrize("name", ["default.yaml", "quickstart.yaml", "ci.yaml"])
+@pytest.mark.parametrize("name", ["default.yaml", "quickstart.yaml", "from_scratch.yaml", "tiny_pretrain.yaml", "ci.yaml"])
 def test_bundled_configs_parse_and_validate(name):
     config = parse_config(["--config", str(CONFIGS / name)])
     assert config.run.stages == ["detection", "masks"]

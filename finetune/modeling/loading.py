@@ -388,7 +388,10 @@ def _load_pretrained(model_name_or_path: str) -> DetrForSegmentation:
         config = DetrConfig.from_pretrained(str(local) if local.is_dir() else model_name_or_path)
         _keep_backbone_offline(config)
         model, info = DetrForSegmentation.from_pretrained(
-            str(local) if local.is_dir() else model_name_or_path, config=config, output_loading_info=True
+            str(local) if local.is_dir() else model_name_or_path,
+            config=config,
+            output_loading_info=True,
+            dtype=torch.float32,  # train in float32 even from half-precision weights (mixed precision is Accelerate's)
         )
     except OSError as error:
         if local.is_dir():
@@ -399,8 +402,8 @@ def _load_pretrained(model_name_or_path: str) -> DetrForSegmentation:
             "fetched from the Hugging Face Hub "
             f"({'HF_HUB_OFFLINE is set' if offline else 'Hub unreachable, or no such repository'}) "
             "nor found in the local cache.\n"
-            f"  * To train offline without a checkpoint, use the quickstart config (tiny model built from a "
-            f"config): accelerate launch finetune/train.py --config {QUICKSTART_CONFIG}\n"
+            f"  * To train offline, use the quickstart config (fine-tunes the tiny checkpoint shipped in "
+            f"sample_data/tiny-detr-panoptic): accelerate launch finetune/train.py --config {QUICKSTART_CONFIG}\n"
             "  * Or point `model_name_or_path` at a local DetrForSegmentation checkpoint folder (config.json + "
             "weights, e.g. fetched on a connected machine with "
             f"`hf download {model_name_or_path} --local-dir checkpoints/detr-panoptic`): "
