@@ -59,6 +59,7 @@ def export_checkpoint(final_dir: Path, out_dir: Path, card: str) -> Path:
         weights = load_file(str(final_dir / "model.safetensors"))
         half = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in weights.items()}
         save_file(half, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / "model.safetensors").chmod(0o644)  # a data file to share (save_file may write it 0600)
         for name in COPIED_FILES:
             if (final_dir / name).is_file():
                 shutil.copy2(final_dir / name, tmp / name)
