@@ -5,7 +5,7 @@
 
 Target set: clean synthetic 128x96 scenes with the bundled sample's classes (brick, pipe, tile,
 excavator over floor/wall/sky/ground; `dataset_scripts/synthetic_set.py`). For the checkpoint
-(`sample_data/tiny-detr-panoptic`, pretrained on brick + excavator scenes with COCO-named stuff) the
+(`pretrained/tiny-detr-panoptic`, pretrained on brick + excavator scenes with COCO-named stuff) the
 classes are partly new: pipe and tile have no class-head row to start from.
 
 Two arms, both `accelerate launch finetune/train.py --config finetune/configs/quickstart.yaml` on the

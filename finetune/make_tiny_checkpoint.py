@@ -1,6 +1,6 @@
-"""Make the tiny pretrained panoptic checkpoint shipped in `sample_data/tiny-detr-panoptic/`.
+"""Make the tiny pretrained panoptic checkpoint shipped in `pretrained/tiny-detr-panoptic/`.
 
-    python finetune/make_tiny_checkpoint.py [--out sample_data/tiny-detr-panoptic] [--num-images 640]
+    python finetune/make_tiny_checkpoint.py [--out pretrained/tiny-detr-panoptic] [--num-images 600]
         [--work-dir outputs/tiny_pretrain] [-- more finetune/train.py options]
 
 The offline stand-in for `facebook/detr-resnet-50-panoptic`: the same recipe, in miniature.
@@ -42,7 +42,7 @@ from finetune.training.launch_run import REPO_ROOT, launch_training
 
 logger = logging.getLogger("finetune.make_tiny_checkpoint")
 
-DEFAULT_OUT = REPO_ROOT / "sample_data" / "tiny-detr-panoptic"
+DEFAULT_OUT = REPO_ROOT / "pretrained" / "tiny-detr-panoptic"
 DEFAULT_CONFIG = REPO_ROOT / "finetune" / "configs" / "tiny_pretrain.yaml"
 COPIED_FILES = ("preprocessor_config.json", "training_config.yaml", "all_results.json")
 
@@ -110,7 +110,7 @@ PQ {results.get("pq", float("nan")):.3f} (things {results.get("pq_things", float
 ## Use
 ```python
 from transformers import pipeline
-segments = pipeline("image-segmentation", model="sample_data/tiny-detr-panoptic")("scene.jpg")
+segments = pipeline("image-segmentation", model="pretrained/tiny-detr-panoptic")("scene.jpg")
 ```
 """
 

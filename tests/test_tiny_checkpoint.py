@@ -1,4 +1,4 @@
-"""The tiny pretrained panoptic checkpoint shipped in `sample_data/tiny-detr-panoptic/`: it loads
+"""The tiny pretrained panoptic checkpoint shipped in `pretrained/tiny-detr-panoptic/`: it loads
 (`from_pretrained`, `pipeline`), the quickstart warm-starts the sample's classes from it, and its
 pretraining script works (a shortened run of `finetune/make_tiny_checkpoint.py`)."""
 
@@ -15,7 +15,7 @@ from dataset_scripts.sample.source_domain import SAMPLE_CLASS_MAP, SOURCE_STUFF_
 from finetune.config import parse_config
 from tests.train_runs import REPO_ROOT
 
-CHECKPOINT = REPO_ROOT / "sample_data" / "tiny-detr-panoptic"
+CHECKPOINT = REPO_ROOT / "pretrained" / "tiny-detr-panoptic"
 QUICKSTART = REPO_ROOT / "finetune" / "configs" / "quickstart.yaml"
 SAMPLE_IMAGE = REPO_ROOT / "sample_data" / "cvat_task_machines" / "images" / "machines_000.jpg"
 # The bundled sample's categories, in the converter's label order (things by name, then stuff).
@@ -58,7 +58,7 @@ def test_quickstart_warm_starts_the_sample_classes():
     from finetune.modeling.loading import load_model
 
     config = parse_config(["--config", str(QUICKSTART)])
-    assert config.model.model_name_or_path == "sample_data/tiny-detr-panoptic"
+    assert config.model.model_name_or_path == "pretrained/tiny-detr-panoptic"
     assert config.model.class_map == SAMPLE_CLASS_MAP
     assert config.run.stages == ["detection", "masks"] and config.masks.backbone_lr == 0.0
     pretrained = DetrForSegmentation.from_pretrained(CHECKPOINT)

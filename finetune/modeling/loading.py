@@ -403,7 +403,7 @@ def _load_pretrained(model_name_or_path: str) -> DetrForSegmentation:
             f"({'HF_HUB_OFFLINE is set' if offline else 'Hub unreachable, or no such repository'}) "
             "nor found in the local cache.\n"
             f"  * To train offline, use the quickstart config (fine-tunes the tiny checkpoint shipped in "
-            f"sample_data/tiny-detr-panoptic): accelerate launch finetune/train.py --config {QUICKSTART_CONFIG}\n"
+            f"pretrained/tiny-detr-panoptic): accelerate launch finetune/train.py --config {QUICKSTART_CONFIG}\n"
             "  * Or point `model_name_or_path` at a local DetrForSegmentation checkpoint folder (config.json + "
             "weights, e.g. fetched on a connected machine with "
             f"`hf download {model_name_or_path} --local-dir checkpoints/detr-panoptic`): "
