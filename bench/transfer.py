@@ -5,17 +5,18 @@
 
 Target set: clean synthetic 128x96 scenes with the bundled sample's classes (brick, pipe, tile,
 excavator over floor/wall/sky/ground; `dataset_scripts/synthetic_set.py`). For the checkpoint
-(`pretrained/tiny-detr-panoptic`, pretrained on brick + excavator scenes with COCO-named stuff) the
-classes are partly new: pipe and tile have no class-head row to start from.
+(`pretrained/tiny-detr-panoptic`, pretrained on brick, excavator and pole (= pipe) scenes with
+COCO-named stuff) the classes are partly new: tile has no class-head row to start from, pipe and the
+stuff come through `class_map`.
 
 Two arms, both `accelerate launch finetune/train.py --config finetune/configs/quickstart.yaml` on the
 same data, with the same seed, epochs and batch size (so the same number of optimiser steps):
 
 * `pretrained`: the quickstart recipe as is: the checkpoint, class-head warm start (names +
-  `class_map`), box stage, then the mask head with DETR frozen (lr 2e-4);
+  `class_map`), box stage, then the mask head with DETR frozen;
 * `scratch`: the same architecture from a random init (`--model_name_or_path null`, the
   checkpoint's `config_overrides`), at the from-scratch learning rates (5e-4 box, 1e-3 masks: the
-  measured recipe of bench/learning.py; 2e-4 learns less from scratch).
+  measured recipe of bench/learning.py).
 
 Prints each arm's `final/all_results.json` and the PQ difference. Goal: pretrained - scratch >= 0.15 PQ.
 """

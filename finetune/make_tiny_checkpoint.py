@@ -6,8 +6,9 @@
 The offline stand-in for `facebook/detr-resnet-50-panoptic`: the same recipe, in miniature.
 
 1. Generate the synthetic *source* domain (`dataset_scripts/sample/source_domain.py`): 128x96
-   construction scenes with brick and excavator things and COCO-named stuff (sky-other-merged,
-   wall-other-merged, floor-other-merged, dirt-merged); the bundled sample's pipe and tile are absent.
+   construction scenes with brick, excavator and pole (the sample's pipe, renamed) things and
+   COCO-named stuff (sky-other-merged, wall-other-merged, floor-other-merged, dirt-merged); the
+   bundled sample's tile is absent.
 2. Train it from scratch with the real training path, `accelerate launch finetune/train.py --config
    finetune/configs/tiny_pretrain.yaml` (both stages), into `WORK_DIR/run/`.
 3. Export `run/final/` as a model folder: weights stored in float16 (`config.json` says float32, so
@@ -33,8 +34,8 @@ from safetensors.torch import load_file, save_file
 from dataset_scripts.atomic_io import atomic_directory
 from dataset_scripts.sample.source_domain import (
     SAMPLE_CLASS_MAP,
+    SOURCE_NAMES,
     SOURCE_STUFF_LABELS,
-    SOURCE_STUFF_NAMES,
     source_domain_plans,
 )
 from dataset_scripts.synthetic_set import build_panoptic_set
@@ -89,9 +90,9 @@ real recipe (class-head warm start, box stage, then the mask head with DETR froz
 Not a useful model outside this project: it has only seen procedurally drawn scenes.
 
 ## Classes
-Things `brick`, `excavator`; stuff {stuff} (the COCO-panoptic names of the sample's
-sky, wall, floor and ground: fine-tune with `class_map: {{{mapping}}}`). The sample's `pipe` and
-`tile` are new classes for it.
+Things `brick`, `excavator`, `pole`; stuff {stuff}. Onto the bundled sample's classes:
+brick and excavator by name, the rest with `class_map: {{{mapping}}}`; the sample's `tile` is a new
+class for it.
 
 ## How it was made
 `{command}` generated {num_images} source scenes of 128x96 px
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     plans = source_domain_plans(args.num_images, seed=args.seed)
     data_dir = args.work_dir / f"source_{args.num_images}_{args.num_val}_seed{args.seed}"
     panoptic = build_panoptic_set(
-        data_dir, plans, SOURCE_STUFF_LABELS, args.num_val, seed=args.seed, rename=SOURCE_STUFF_NAMES
+        data_dir, plans, SOURCE_STUFF_LABELS, args.num_val, seed=args.seed, rename=SOURCE_NAMES
     )
     run_dir = args.work_dir / "run"
     results = launch_training(args.config, run_dir, ["--dataset_dir", str(panoptic), *args.train_args])

@@ -3,15 +3,16 @@
 It plays COCO-panoptic's role for `facebook/detr-resnet-50-panoptic`: a class set that overlaps the
 bundled sample's without being it.
 
-* things: ``brick`` and ``excavator`` only, under the sample's names (warm-started by name); the
-  sample's ``pipe`` and ``tile`` never appear, so they are new classes for fine-tuning;
+* things: ``brick`` and ``excavator`` under the sample's names (warm-started by name), the sample's
+  ``pipe`` under another name, ``pole`` (warm-started through ``class_map``); the sample's ``tile``
+  never appears, so it is a new class for fine-tuning;
 * stuff: the same four bands under COCO-panoptic names (``sky-other-merged``, ``wall-other-merged``,
   ``floor-other-merged``, ``dirt-merged``), so fine-tuning warm-starts them through ``class_map``
   (`SAMPLE_CLASS_MAP`), as `default.yaml` does from the Hub checkpoint.
 
 The scenes are rendered by the sample generator and written as CVAT COCO 1.0 exports whose category
 names are then renamed (`rename_categories`: the renderer names shapes by the sample's labels);
-`dataset_scripts.synthetic_set.build_panoptic_set(..., rename=SOURCE_STUFF_NAMES)` does both.
+`dataset_scripts.synthetic_set.build_panoptic_set(..., rename=SOURCE_NAMES)` does both.
 """
 
 from __future__ import annotations
@@ -21,7 +22,10 @@ from pathlib import Path
 
 from dataset_scripts.sample.plans import Plans, synthetic_plans
 
-SOURCE_THINGS = ("brick", "excavator")
+# Rendered thing labels; `pipe` is written as `pole` (SOURCE_THING_NAMES).
+RENDERED_THINGS = ("brick", "pipe", "excavator")
+SOURCE_THING_NAMES = {"pipe": "pole"}
+SOURCE_THINGS = tuple(SOURCE_THING_NAMES.get(name, name) for name in RENDERED_THINGS)
 # sample stuff name -> source (COCO-panoptic) name
 SOURCE_STUFF_NAMES = {
     "sky": "sky-other-merged",
@@ -30,8 +34,10 @@ SOURCE_STUFF_NAMES = {
     "ground": "dirt-merged",
 }
 SOURCE_STUFF_LABELS = tuple(SOURCE_STUFF_NAMES.values())
+# Every renaming of the source domain ({rendered label: category name}).
+SOURCE_NAMES = {**SOURCE_THING_NAMES, **SOURCE_STUFF_NAMES}
 # The fine-tuning `class_map` onto the bundled sample's classes ({sample name: checkpoint name}).
-SAMPLE_CLASS_MAP = dict(SOURCE_STUFF_NAMES)
+SAMPLE_CLASS_MAP = dict(SOURCE_NAMES)
 
 
 def source_domain_plans(
@@ -41,7 +47,7 @@ def source_domain_plans(
     min_things: int = 1,
     max_things: int = 2,
 ) -> Plans:
-    """Plans of the source set (one export; brick and excavator things over the four stuff bands)."""
+    """Plans of the source set (one export; brick, pipe and excavator things over the four stuff bands)."""
     return synthetic_plans(
         num_images,
         seed=seed,
@@ -49,7 +55,7 @@ def source_domain_plans(
         exports=1,
         min_things=min_things,
         max_things=max_things,
-        thing_labels=SOURCE_THINGS,
+        thing_labels=RENDERED_THINGS,
     )
 
 
