@@ -8,6 +8,7 @@ A run is described by one `TrainingConfig` with one section per concern::
     masks:      stage 2 (mask head, detection frozen): the same fields
     eval:       how often and how to evaluate (post-processing thresholds)
     run:        output folder, seed, stages to run, resuming, mixed precision, accumulation, checkpoints
+    trainer:    EMA of the weights, early stopping, fused AdamW, thread count, denormal flushing
     logging:    trackers (`report_to`), logging interval
     hub:        pushing the final model
 
@@ -38,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from finetune.trainer_config import TrainerConfig
 
 # Panoptic post-processing defaults shared by training evaluation, `finetune/evaluate.py`,
 # `finetune/predict.py` and the demo, so that every PQ this project reports uses the same ones
@@ -226,6 +229,7 @@ class TrainingConfig:
     run: RunConfig = field(default_factory=RunConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     hub: HubConfig = field(default_factory=HubConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
     def stage(self, name: str) -> StageConfig:
         """The section of stage `name` (`detection` or `masks`)."""
@@ -328,11 +332,14 @@ class TrainingConfig:
             raise ConfigError("data.num_workers must be >= 0")
         if self.logging.logging_steps < 1:
             raise ConfigError("logging.logging_steps must be >= 1")
+        for problem in self.trainer.problems():
+            raise ConfigError(problem)
         if self.hub.push_to_hub and not self.hub.hub_model_id:
             raise ConfigError(
                 "hub.push_to_hub needs hub.hub_model_id (e.g. --hub_model_id user/detr-construction)"
             )
         return self
+
 
 
 # --------------------------------------------------------------------------------------------- type checks

@@ -24,7 +24,7 @@ def write_yaml(tmp_path: Path, data: dict, name: str = "cfg.yaml") -> Path:
     return path
 
 
-@pytest.mark.parametrize("name", ["default.yaml", "quickstart.yaml", "ci.yaml"])
+@pytest.mark.parametrize("name", ["default.yaml", "quickstart.yaml", "from_scratch.yaml", "tiny_pretrain.yaml", "ci.yaml"])
 def test_bundled_configs_parse_and_validate(name):
     config = parse_config(["--config", str(CONFIGS / name)])
     assert config.run.stages == ["detection", "masks"]
@@ -111,7 +111,7 @@ def test_json_config_file(tmp_path):
     ("data", "argv", "message"),
     [
         ({"detection": {"epoch": 3}}, [], "unknown key(s) ['epoch'] in section 'detection'"),
-        ({"trainer": {}}, [], "unknown section(s) ['trainer']"),
+        ({"optimizer": {}}, [], "unknown section(s) ['optimizer']"),
         ({"detection": {"lr": 0}}, [], "detection.lr must be a positive number"),
         ({"masks": {"lr": -1e-4}}, [], "masks.lr must be a positive number"),
         ({"detection": {"backbone_lr": -1e-5}}, [], "detection.backbone_lr must be >= 0"),

@@ -11,6 +11,7 @@ One idea per module, in data-flow order:
 * `coco_writer` / `xml_writer`: one task as CVAT COCO 1.0 JSON / "CVAT for images 1.1" XML;
 * `export`: image plans, one export folder, a whole dataset (atomic);
 * `plans`: the bundled quirky sample and clean synthetic sets;
+* `source_domain`: the source set of the tiny pretrained checkpoint (other class names);
 * `readme`: the generated sample's ``README.md``.
 
 The command line is `dataset_scripts.make_sample`.

@@ -451,7 +451,11 @@ def load_checkpoint(
         config = DetrConfig.from_pretrained(source, **kwargs)
         _keep_backbone_offline(config)
         model, info = DetrForSegmentation.from_pretrained(
-            source, config=config, output_loading_info=True, **kwargs
+            source,
+            config=config,
+            output_loading_info=True,
+            dtype=torch.float32,  # float32 even from half-precision weights (mixed precision is Accelerate's)
+            **kwargs,
         )
         processor = AutoImageProcessor.from_pretrained(source, **kwargs) if with_processor else None
     except OSError as err:
@@ -469,12 +473,12 @@ def _load_pretrained(model_name_or_path: str) -> DetrForSegmentation:
         raise ModelUnavailableError(
             f"Cannot load the model {model_name_or_path!r}: it is not a local folder, and it could not be "
             "fetched from the Hugging Face Hub nor found in the local cache.\n"
-            f"  * To train offline without a checkpoint, use the quickstart config (tiny model built from a "
-            f"config): accelerate launch finetune/train.py --config {QUICKSTART_CONFIG}\n"
+            f"  * To train offline, use the quickstart config (fine-tunes the tiny checkpoint shipped in "
+            f"pretrained/tiny-detr-panoptic): accelerate launch -q finetune/train.py --config {QUICKSTART_CONFIG}\n"
             "  * Or point `model_name_or_path` at a local DetrForSegmentation checkpoint folder (config.json + "
             "weights, e.g. fetched on a connected machine with "
             f"`hf download {model_name_or_path} --local-dir checkpoints/detr-panoptic`): "
-            "--model_name_or_path checkpoints/detr-panoptic, or `model_name_or_path:` in the YAML config.\n"
+            "--model checkpoints/detr-panoptic, or `model_name_or_path:` in the YAML config.\n"
             f"  (underlying error: {error})"
         ) from error
     missing = [k for k in missing_keys if k not in CLASS_HEAD_KEYS]

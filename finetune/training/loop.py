@@ -27,6 +27,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,8 +40,12 @@ from tqdm.auto import tqdm
 from finetune.config import StageConfig, TrainingConfig
 from finetune.evaluation.loop import EvalContext, evaluate
 from finetune.modeling.stages import compute_stage_loss, param_groups
+from finetune.trainer_config import TrainerConfig
 from finetune.training.checkpointing import TrainerState, save_checkpoint
+from finetune.training.early_stopping import EarlyStopping
+from finetune.training.ema import WeightEma
 from finetune.training.metrics_log import MetricsLogger
+from finetune.training.speed import make_adamw
 
 logger = get_logger(__name__)
 
@@ -84,15 +89,15 @@ class RunSession:
 
 
 def build_optimizer(
-    model: torch.nn.Module, stage: str, stage_cfg: StageConfig
+    model: torch.nn.Module, stage: str, stage_cfg: StageConfig, fused: bool = False
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """AdamW over the stage's trainable parameters (backbone at `backbone_lr`) and a per-epoch StepLR.
 
     The LR drops once by `lr_gamma` after `lr_drop_epochs` epochs (default: 2/3 of the stage, as DETR's
-    200 -> drop at 133 schedule).
+    200 -> drop at 133 schedule). `fused`: torch's fused AdamW where supported (`training.speed.make_adamw`).
     """
     groups = param_groups(model, stage, stage_cfg.lr, stage_cfg.backbone_lr, stage_cfg.weight_decay)
-    optimizer = torch.optim.AdamW(groups, lr=stage_cfg.lr, weight_decay=stage_cfg.weight_decay)
+    optimizer = make_adamw(groups, stage_cfg.lr, stage_cfg.weight_decay, fused)
     drop = stage_cfg.lr_drop_epochs or max(1, math.ceil(stage_cfg.epochs * 2 / 3))
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=drop, gamma=stage_cfg.lr_gamma)
     return optimizer, scheduler
@@ -111,6 +116,8 @@ def train_one_epoch(
     logging_steps: int,
     nan_at_step: int | None = None,
     progress: tqdm | None = None,
+    after_step: Callable[[], None] | None = None,
+    check_gradients: bool = False,
 ) -> tuple[int, float]:
     """One pass over `loader` with gradient accumulation and clipping.
 
@@ -122,6 +129,8 @@ def train_one_epoch(
         global_step: optimiser steps before this epoch.
         nan_at_step: testing aid, poison the loss at this global step.
         progress: the stage's progress bar (advanced per batch; None = no bar).
+        after_step: called after every optimiser step (the EMA update).
+        check_gradients: stop on a non-finite gradient norm (not under fp16, whose scaler skips those steps).
 
     Returns:
         (global step after the epoch, mean training loss over all processes).
@@ -143,8 +152,11 @@ def train_one_epoch(
                 loss = loss * float("nan")
             _check_finite(loss, components, accelerator, stage, epoch, global_step + 1)
             accelerator.backward(loss)
-            if accelerator.sync_gradients and max_grad_norm is not None:
-                accelerator.clip_grad_norm_(params, max_grad_norm)
+            check = check_gradients and accelerator.mixed_precision != "fp16"
+            if accelerator.sync_gradients and (max_grad_norm is not None or check):
+                norm = accelerator.clip_grad_norm_(params, max_grad_norm if max_grad_norm else math.inf)
+                if check:
+                    _check_finite_gradient(norm, loss, stage, epoch, global_step + 1)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         total_loss += loss.detach().float()
@@ -153,6 +165,8 @@ def train_one_epoch(
         progress.update(1)
         if accelerator.sync_gradients:
             global_step += 1
+            if after_step is not None:
+                after_step()
             if global_step % logging_steps == 0:
                 record = {"type": "train", "stage": stage, "epoch": epoch, "step": global_step}
                 record["loss"] = sum(window) / len(window)
@@ -182,6 +196,16 @@ def _check_finite(loss, components, accelerator: Accelerator, stage: str, epoch:
             f"non-finite training loss in stage '{stage}', epoch {epoch + 1}, step {step} "
             f"(loss={loss.item()}; {parts}). Training stopped; the last good checkpoint is kept in "
             "checkpoints/ (try a lower lr, max_grad_norm, or mixed_precision no)."
+        )
+
+
+def _check_finite_gradient(norm, loss, stage: str, epoch: int, step: int) -> None:
+    """Gradients are all-reduced before clipping, so every process sees the same norm and stops together."""
+    if norm is not None and not math.isfinite(float(norm)):
+        raise NonFiniteLossError(
+            f"non-finite gradient norm ({float(norm)}) in stage '{stage}', epoch {epoch + 1}, step {step} "
+            f"with a finite loss ({loss.item():.4g}). Training stopped; the last good checkpoint is kept in "
+            "checkpoints/ (a trained random backbone under frozen BatchNorm does this: set backbone_lr 0)."
         )
 
 
@@ -240,13 +264,16 @@ def fit_stage(
     """
     accelerator, config = session.accelerator, session.config
     accelerator.free_memory()  # forget the previous stage's model/optimizer/scheduler/loader
-    optimizer, scheduler = build_optimizer(model, stage, stage_cfg)  # also freezes for the stage
+    trainer = config.trainer
+    optimizer, scheduler = build_optimizer(model, stage, stage_cfg, trainer.fused_optimizer)  # also freezes
     n_trainable = sum(p.numel() for group in optimizer.param_groups for p in group["params"])
     logger.info(f"stage {stage}: {n_trainable:,} trainable parameters, {stage_cfg.epochs} epochs")
     prepared, optimizer, loader, scheduler = accelerator.prepare(
         model, optimizer, make_train_loader(stage_cfg.batch_size), scheduler
     )
     metric_name = STAGE_METRIC[stage]
+    ema = _start_ema(accelerator, accelerator.unwrap_model(prepared), trainer)
+    stopper = EarlyStopping(trainer.early_stopping_patience, trainer.early_stopping_min_delta)
     state = TrainerState(stage=stage, epoch=0, global_step=session.global_step, metric_name=metric_name)
     if resume is not None:
         path, state = resume
@@ -275,18 +302,27 @@ def fit_stage(
             config.logging.logging_steps,
             config.run.debug_nan_loss_at_step,
             progress,
+            after_step=None if ema is None else lambda: ema.update(accelerator.unwrap_model(prepared)),
+            check_gradients=trainer.check_finite_gradients,
         )
         epoch_lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         record = {"type": "train_epoch", "stage": stage, "epoch": epoch, "step": session.global_step}
         session.metrics.log({**record, "loss": train_loss, "lr": epoch_lr})
         state.epoch, state.global_step = epoch + 1, session.global_step
+        stop = False
         evaluated = _should_evaluate(epoch, stage_cfg.epochs, config.eval.eval_every_epochs)
         if evaluated:
             inner = accelerator.unwrap_model(prepared)
-            results = evaluate(
-                inner, session.eval_loader, accelerator, session.eval_context, stage == "masks"
-            )
+            weights = nullcontext() if ema is None else ema.applied(inner)  # EMA: evaluated and saved
+            with weights:
+                results = evaluate(
+                    inner, session.eval_loader, accelerator, session.eval_context, stage == "masks"
+                )
+                if state.best_metric is None or results[metric_name] > state.best_metric:
+                    if accelerator.is_main_process:
+                        session.save_best(inner, session.output_dir / f"best_{stage}", results)
+                    accelerator.wait_for_everyone()
             session.metrics.log(
                 {"type": "eval", "stage": stage, "epoch": epoch, "step": session.global_step, **results}
             )
@@ -294,14 +330,36 @@ def fit_stage(
             session.last_eval[stage] = state.last_eval = results
             if state.best_metric is None or results[metric_name] > state.best_metric:
                 state.best_metric = results[metric_name]
-                if accelerator.is_main_process:
-                    session.save_best(inner, session.output_dir / f"best_{stage}", results)
-                accelerator.wait_for_everyone()
+            stop = trainer.early_stopping_patience > 0 and stopper.should_stop(results[metric_name])
         session.stage_runtime[stage] = runtime_before + time.monotonic() - started
         state.stage_runtime = dict(session.stage_runtime)
-        if should_save(epoch, stage_cfg.epochs, config.run.save_every_epochs, evaluated):
+        if stop or should_save(epoch, stage_cfg.epochs, config.run.save_every_epochs, evaluated):
             if session.flush_best is not None:
                 session.flush_best()  # best_<stage>/ on disk matches this checkpoint's best_metric
             save_checkpoint(accelerator, session.output_dir, state, config, config.run.save_total_limit)
+        if stop:
+            logger.info(
+                f"early stopping of stage {stage} after epoch {epoch + 1}: {metric_name} has not improved "
+                f"on {stopper.best:.4f} for {stopper.bad_evaluations} evaluations"
+            )
+            break
     progress.close()
-    return accelerator.unwrap_model(prepared)
+    return _finish_ema(accelerator, accelerator.unwrap_model(prepared), ema)
+
+
+def _start_ema(accelerator: Accelerator, inner: torch.nn.Module, trainer: TrainerConfig) -> WeightEma | None:
+    """The stage's EMA (None when `trainer.ema` is off), registered so that checkpoints hold its state."""
+    if not trainer.ema:
+        return None
+    ema = WeightEma(inner, trainer.ema_decay, trainer.ema_tau)
+    accelerator.register_for_checkpointing(ema)  # before `load_state`: a resumed stage gets its EMA back
+    return ema
+
+
+def _finish_ema(accelerator: Accelerator, inner: torch.nn.Module, ema: WeightEma | None) -> torch.nn.Module:
+    """End of a stage: the EMA weights become the model's (they are what was evaluated); unregister it."""
+    if ema is not None:
+        ema.copy_to(inner)
+        # Accelerate has no public way to unregister; the next stage registers its own EMA.
+        accelerator._custom_objects = [obj for obj in accelerator._custom_objects if obj is not ema]
+    return inner

@@ -56,6 +56,7 @@ from finetune.training.export import RESULTS_FILE, final_results, run_facts, sav
 from finetune.training.loop import NonFiniteLossError, RunSession, fit_stage
 from finetune.training.metrics_log import MetricsLogger
 from finetune.training.preflight import OutputDirError, preflight
+from finetune.training.speed import apply_speed_settings
 
 logger = get_logger("finetune.train")  # also when run as a file (__name__ == "__main__")
 
@@ -441,6 +442,7 @@ def train(config: TrainingConfig, accelerator: Accelerator) -> dict[str, Any]:
 
 def run(config: TrainingConfig) -> int:
     """setup (accelerator, logging) -> train (checks, build, fit, save, push); returns the exit status."""
+    apply_speed_settings(config.trainer)  # threads, denormals: before torch starts working
     accelerator = setup_accelerator(config)
     setup_logging(accelerator)
     try:

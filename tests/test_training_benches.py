@@ -1,0 +1,31 @@
+"""bench/transfer.py and bench/learning.py train through `finetune/train.py`: their arms are valid
+configurations of it, and the two transfer arms differ only in the starting weights and learning rates."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from bench import learning, transfer
+from finetune.config import parse_config
+
+
+def test_transfer_arms_share_everything_but_the_start():
+    budget = ["--detection_epochs", "3", "--masks_epochs", "2", "--seed", "5"]
+    pretrained = parse_config(["--config", str(transfer.QUICKSTART), *budget])
+    scratch = parse_config(["--config", str(transfer.QUICKSTART), *budget, *transfer.scratch_args()])
+    pretrain_model = parse_config(["--config", str(transfer.PRETRAIN_CONFIG)]).model
+    assert pretrained.model.model_name_or_path == "pretrained/tiny-detr-panoptic"
+    assert scratch.model.model_name_or_path is None and scratch.model.class_map == {}
+    assert scratch.model.config_overrides == pretrain_model.config_overrides  # the checkpoint's architecture
+    for section in ("data", "eval", "run", "trainer"):
+        assert getattr(scratch, section) == getattr(pretrained, section), section
+    for stage in ("detection", "masks"):
+        a, b = dataclasses.asdict(pretrained.stage(stage)), dataclasses.asdict(scratch.stage(stage))
+        assert {k for k in a if a[k] != b[k]} <= {"lr"}, stage
+
+
+def test_learning_bench_config_is_a_from_scratch_training_config():
+    config = parse_config(["--config", str(learning.CONFIG)])
+    assert config.model.model_name_or_path is None
+    assert config.detection.backbone_lr == 0.0 and config.masks.backbone_lr == 0.0
+    assert config.run.stages == ["detection", "masks"]

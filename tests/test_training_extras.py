@@ -1,0 +1,112 @@
+"""EMA of the weights, early stopping, fused AdamW and the `trainer` config section (unit level);
+one short `accelerate launch` run with EMA + early stopping on (what it evaluates and saves)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from finetune.config import ConfigError, parse_config
+from finetune.training.early_stopping import EarlyStopping
+from finetune.training.ema import WeightEma
+from finetune.training.speed import make_adamw
+from tests.train_runs import accelerate_cmd, read_jsonl, run_training, sample_export_args
+
+
+def _two_layer_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    model[0].requires_grad_(False)  # a frozen part: not tracked
+    return model
+
+
+def test_ema_blends_trainable_weights_only():
+    model = _two_layer_model()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    ema = WeightEma(model, decay=0.75, tau=0)
+    assert set(ema.shadow) == {"1.weight", "1.bias"}
+    with torch.no_grad():
+        model[1].weight.add_(4.0)
+    ema.update(model)
+    # shadow = 0.75 * old + 0.25 * (old + 4) = old + 1
+    torch.testing.assert_close(ema.shadow["1.weight"], start["1.weight"] + 1.0)
+    with ema.applied(model):
+        torch.testing.assert_close(model[1].weight, start["1.weight"] + 1.0)
+    torch.testing.assert_close(model[1].weight, start["1.weight"] + 4.0)  # raw weights restored
+    ema.copy_to(model)
+    torch.testing.assert_close(model[1].weight, start["1.weight"] + 1.0)
+    torch.testing.assert_close(model[0].weight, start["0.weight"])
+
+
+def test_ema_warm_up_and_state_round_trip():
+    model = _two_layer_model()
+    ema = WeightEma(model, decay=0.999, tau=10)
+    assert ema.current_decay() < 0.1  # follows the weights closely at the start
+    for _ in range(50):
+        ema.update(model)
+    assert 0.99 < ema.current_decay() < 0.999
+    other = WeightEma(_two_layer_model(), decay=0.5, tau=0)
+    other.load_state_dict(ema.state_dict())
+    assert other.updates == 50 and other.decay == 0.999 and other.tau == 10
+    with pytest.raises(ValueError):
+        WeightEma(model, decay=1.0, tau=0)
+
+
+def test_early_stopping_counts_evaluations_without_improvement():
+    stopper = EarlyStopping(patience=2, min_delta=0.01)
+    decisions = [stopper.should_stop(m) for m in (0.10, 0.20, 0.205, 0.30, 0.29, 0.25)]
+    assert decisions == [False, False, False, False, False, True]
+    assert stopper.best == 0.30
+    never = EarlyStopping(patience=0)
+    assert not any(never.should_stop(m) for m in (0.5, 0.4, 0.3, 0.2))
+
+
+def test_make_adamw_fused_on_cpu_and_fallback():
+    params = [torch.nn.Parameter(torch.randn(3))]
+    fused = make_adamw([{"params": params}], lr=1e-3, weight_decay=0.0, fused=True)
+    assert fused.defaults["fused"] is True
+    plain = make_adamw([{"params": params}], lr=1e-3, weight_decay=0.0, fused=False)
+    assert not plain.defaults["fused"]
+    params[0].grad = torch.ones(3)
+    before = params[0].detach().clone()
+    fused.step()
+    assert not torch.equal(before, params[0].detach())
+
+
+def test_trainer_section_from_cli_and_validation():
+    config = parse_config(["--ema", "true", "--ema_decay", "0.9", "--early_stopping_patience", "3"])
+    assert config.trainer.ema and config.trainer.ema_decay == 0.9
+    assert config.trainer.early_stopping_patience == 3
+    assert config.trainer.fused_optimizer and config.trainer.flush_denormal
+    with pytest.raises(ConfigError, match="trainer.ema_decay"):
+        parse_config(["--ema_decay", "1.5"])
+    with pytest.raises(ConfigError, match="trainer.num_threads"):
+        parse_config(["--num_threads", "0"])
+
+
+@pytest.mark.slow
+def test_ema_and_early_stopping_in_a_run(tmp_path):
+    """EMA on: the final weights are the EMA ones (not the last raw step); patience 1 stops the
+    detection stage at the first evaluation that does not improve box mAP (never later)."""
+    out = tmp_path / "run"
+    args = [
+        *sample_export_args(tmp_path),
+        "--ema", "true", "--ema_decay", "0.5", "--ema_tau", "0",
+        "--early_stopping_patience", "1", "--early_stopping_min_delta", "1.0",  # nothing improves by 1
+        "--detection_epochs", "4", "--eval_every_epochs", "1", "--stages", "detection",
+    ]  # fmt: skip
+    result = run_training(accelerate_cmd(out, *args))
+    assert result.returncode == 0, result.stderr[-4000:]
+    evals = [r for r in read_jsonl(out / "metrics.jsonl") if r["type"] == "eval"]
+    assert [r["epoch"] for r in evals] == [0, 1]  # first eval sets the best, the second stops
+    assert "early stopping of stage detection after epoch 2" in result.stderr
+    final = load_file(str(out / "final" / "model.safetensors"))
+    last_ckpt = sorted((out / "checkpoints").iterdir())[-1]
+    raw = load_file(str(last_ckpt / "model.safetensors"))
+    key = "detr.bbox_predictor.layers.2.weight"
+    assert not torch.equal(final[key], raw[key])  # the saved result is the EMA, not the raw weights
+    results = json.loads((out / "final" / "all_results.json").read_text())
+    assert results["box_map"] == evals[-1]["box_map"]
