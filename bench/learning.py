@@ -11,7 +11,7 @@ stages, random init) and prints `final/all_results.json`: the evaluation of the 
 (55 + 30 epochs of 50 steps), so a loaded machine gives the same result, only later.
 
 What makes a random-init DETR learn at all (reference init, mask-head attention gain, revived and
-calibrated frozen BatchNorm, frozen random backbone) is in `finetune.modeling.loading.prepare_random_init`
+calibrated frozen BatchNorm, frozen random backbone) is in `finetune.modeling.random_init.prepare_random_init`
 and docs/training-from-scratch.md; the CPU speed settings (one thread, flushed denormals, fused
 AdamW) in `finetune/training/speed.py`. Goal: PQ >= 0.70, things >= 0.50 (not reached yet).
 

@@ -16,11 +16,11 @@ from finetune.modeling.loading import (
     TINY_DETR_ARCHITECTURE,
     ModelSetupError,
     ModelUnavailableError,
-    calibrate_frozen_batchnorm,
     label_space,
     load_model,
     map_class_head_rows,
 )
+from finetune.modeling.random_init import calibrate_frozen_batchnorm
 
 # A COCO-panoptic-like label space (with the gaps COCO fills with "N/A").
 PRETRAINED_LABELS = [

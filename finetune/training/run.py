@@ -46,10 +46,10 @@ from finetune.hub.push import HubUploadError, ModelFolderError, push_model_dir
 from finetune.modeling.loading import (
     ModelSetupError,
     ModelUnavailableError,
-    calibrate_frozen_batchnorm,
     label_space,
     load_model,
 )
+from finetune.modeling.random_init import calibrate_frozen_batchnorm
 from finetune.training.best_model import BestModelKeeper
 from finetune.training.checkpointing import MODEL_FILE, CheckpointError, TrainerState, resolve_checkpoint
 from finetune.training.export import RESULTS_FILE, final_results, run_facts, save_model_folder
