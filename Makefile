@@ -24,7 +24,7 @@ convert-sample: install
 	$(PY) dataset_scripts/cvat_to_panoptic.py \
 		--cvat sample_data/cvat_task_materials --cvat sample_data/cvat_task_machines \
 		--stuff-labels floor wall sky ground \
-		--val-ratio 0.25 --seed 0 --preview 4 --overwrite --out $(OUT)/sample_panoptic
+		--val-ratio 0.25 --seed 0 --preview 4 --overwrite --output-dir $(OUT)/sample_panoptic
 
 # Trains on the folder convert-sample wrote (same split as its report and previews).
 # `-q`: a failing run ends on its one-line error, without accelerate's CalledProcessError traceback.
