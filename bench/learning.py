@@ -3,7 +3,7 @@
     python bench/learning.py [--work-dir DIR] [--train-images 400] [--val-images 50] [--seed 0]
         [-- more finetune/train.py options, e.g. --detection_epochs 20]
 
-Generates a clean synthetic set with the sample generator (`dataset_scripts/synthetic_set.py`: 96x72
+Generates a clean synthetic set with the sample generator (`dataset_scripts/sample/synthetic_set.py`: 96x72
 scenes, two textured stuff bands and 1-2 things among brick, pipe, tile, excavator), then runs
 `accelerate launch finetune/train.py --config bench/configs/learning.yaml --dataset_dir ...` (both
 stages, random init) and prints `final/all_results.json`: the evaluation of the code users run
@@ -32,7 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-from dataset_scripts.synthetic_set import sample_classes_set
+from dataset_scripts.sample.synthetic_set import sample_classes_set
 from finetune.training.launch_run import REPO_ROOT, launch_training, summarize
 
 logger = logging.getLogger("bench.learning")

@@ -4,7 +4,7 @@
         [--detection-epochs 15] [--masks-epochs 8] [-- more finetune/train.py options for both arms]
 
 Target set: clean synthetic 128x96 scenes with the bundled sample's classes (brick, pipe, tile,
-excavator over floor/wall/sky/ground; `dataset_scripts/synthetic_set.py`). For the checkpoint
+excavator over floor/wall/sky/ground; `dataset_scripts/sample/synthetic_set.py`). For the checkpoint
 (`pretrained/tiny-detr-panoptic`, pretrained on brick, excavator and pole (= pipe) scenes with
 COCO-named stuff) the classes are partly new: tile has no class-head row to start from, pipe and the
 stuff come through `class_map`.
@@ -40,7 +40,7 @@ from pathlib import Path
 
 import yaml
 
-from dataset_scripts.synthetic_set import sample_classes_set
+from dataset_scripts.sample.synthetic_set import sample_classes_set
 from finetune.training.launch_run import REPO_ROOT, launch_training, summarize
 
 logger = logging.getLogger("bench.transfer")

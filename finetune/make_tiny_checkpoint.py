@@ -38,7 +38,7 @@ from dataset_scripts.sample.source_domain import (
     SOURCE_STUFF_LABELS,
     source_domain_plans,
 )
-from dataset_scripts.synthetic_set import build_panoptic_set
+from dataset_scripts.sample.synthetic_set import build_panoptic_set
 from finetune.training.launch_run import REPO_ROOT, launch_training
 
 logger = logging.getLogger("finetune.make_tiny_checkpoint")

@@ -12,7 +12,7 @@ bundled sample's without being it.
 
 The scenes are rendered by the sample generator and written as CVAT COCO 1.0 exports whose category
 names are then renamed (`rename_categories`: the renderer names shapes by the sample's labels);
-`dataset_scripts.synthetic_set.build_panoptic_set(..., rename=SOURCE_NAMES)` does both.
+`dataset_scripts.sample.synthetic_set.build_panoptic_set(..., rename=SOURCE_NAMES)` does both.
 """
 
 from __future__ import annotations

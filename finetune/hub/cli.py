@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repo-id", required=True, help="USER/NAME or ORG/NAME on the Hub")
     parser.add_argument("--private", action="store_true", help="create the repo private")
     parser.add_argument("--revision", default=None, help="branch to push to (created when missing)")
-    parser.add_argument("--commit-message", default=None)
+    parser.add_argument("--commit-message", default=None, help="message of the upload commit")
     parser.add_argument(
         "--dry-run", metavar="DIR", default=None, help="write the upload folder to DIR, upload nothing"
     )
