@@ -61,7 +61,7 @@ def model_dir(trained, tmp_path) -> Path:
 def test_dry_run_writes_exactly_the_upload_folder(trained, tmp_path):
     out = tmp_path / "dry"
     assert (
-        push_cli.main(["--model-dir", str(trained), "--repo-id", "me/detr-site", "--dry-run", str(out)])
+        push_cli.main(["--model", str(trained), "--repo-id", "me/detr-site", "--dry-run", str(out)])
         == 0
     )
     assert {p.name for p in out.iterdir()} == UPLOADED  # optimizer.pt left out
@@ -116,11 +116,12 @@ def test_card_threshold_is_the_one_saved_with_the_model(model_dir, tmp_path):
     assert 'segmenter("site.jpg", threshold=0.45)' in (tmp_path / "yaml" / "README.md").read_text()
 
 
-def test_cli_accepts_model_as_an_alias_of_model_dir(trained, tmp_path):
+def test_cli_accepts_model_dir_as_a_hidden_alias_of_model(trained, tmp_path):
     out = tmp_path / "dry"
-    assert push_cli.main(["--model", str(trained), "--repo-id", "me/detr-site", "--dry-run", str(out)]) == 0
+    assert push_cli.main(["--model-dir", str(trained), "--repo-id", "me/detr-site", "--dry-run", str(out)]) == 0
     assert (out / "README.md").is_file()
-    assert "--model " not in push_cli.build_parser().format_help()  # a hidden alias
+    help_text = push_cli.build_parser().format_help()
+    assert "--model MODEL" in help_text and "--model-dir" not in help_text  # the common name, alias hidden
 
 
 @pytest.mark.parametrize(
@@ -146,7 +147,7 @@ def test_invalid_folder_is_a_clear_error_and_nothing_is_uploaded(model_dir, tmp_
         push_model_dir(model_dir, "me/x", api=recorder)
     assert recorder.calls == []
     out = tmp_path / "dry"
-    assert push_cli.main(["--model-dir", str(model_dir), "--repo-id", "me/x", "--dry-run", str(out)]) == 1
+    assert push_cli.main(["--model", str(model_dir), "--repo-id", "me/x", "--dry-run", str(out)]) == 1
     assert not out.exists()
 
 
@@ -214,7 +215,7 @@ def test_network_and_auth_failures_are_clear_errors(trained, error, message, mon
         push_model_dir(trained, "me/x", api=RecordingApi(fail_with=error()))
     monkeypatch.setattr(push_to_hub, "HfApi", lambda: RecordingApi(fail_with=error()))
     monkeypatch.setattr(push_to_hub, "get_token", lambda: secret)
-    assert push_cli.main(["--model-dir", str(trained), "--repo-id", "me/x"]) == 2
+    assert push_cli.main(["--model", str(trained), "--repo-id", "me/x"]) == 2
     captured = capsys.readouterr()
     assert secret not in captured.out + captured.err + caplog.text
 

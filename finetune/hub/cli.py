@@ -1,9 +1,9 @@
 """Command line of `finetune.hub.push`: ``python push_to_hub.py`` / ``detr-panoptic-push``.
 
-    python push_to_hub.py --model-dir outputs/run/final --repo-id USER/NAME [--private] \
+    python push_to_hub.py --model outputs/run/final --repo-id USER/NAME [--private] \
         [--revision BRANCH] [--commit-message MSG] [--dry-run DIR]
 
-`--model` is accepted as an alias of `--model-dir` (the other scripts' name).
+`--model` is the name every script uses for the checkpoint; `--model-dir` stays as a hidden alias.
 
 Exit status: 0 on success, 1 when the folder is invalid, 2 for a network / authentication failure.
 """
@@ -26,10 +26,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     model = parser.add_mutually_exclusive_group(required=True)
     model.add_argument(
-        "--model-dir", dest="model_dir", help="checkpoint folder written by train.py (output_dir/final)"
+        "--model", dest="model_dir", metavar="MODEL", help="checkpoint folder written by train.py (output_dir/final)"
     )
-    # The name predict.py, evaluate.py and train.py use for the same thing; kept out of --help.
-    model.add_argument("--model", dest="model_dir", help=argparse.SUPPRESS)
+    # This script's former name for it, kept working but out of --help (docs/cli.md: one vocabulary).
+    model.add_argument("--model-dir", dest="model_dir", help=argparse.SUPPRESS)
     parser.add_argument("--repo-id", required=True, help="USER/NAME or ORG/NAME on the Hub")
     parser.add_argument("--private", action="store_true", help="create the repo private")
     parser.add_argument("--revision", default=None, help="branch to push to (created when missing)")

@@ -2,7 +2,7 @@
 
 The library behind ``python push_to_hub.py`` (CLI in `finetune.hub.cli`):
 
-    python push_to_hub.py --model-dir outputs/run/final --repo-id USER/NAME [--private] \
+    python push_to_hub.py --model outputs/run/final --repo-id USER/NAME [--private] \
         [--revision BRANCH] [--commit-message MSG] [--dry-run DIR]
 
 Nothing leaves the machine before the folder is checked: weights in safetensors, `config.json` with
