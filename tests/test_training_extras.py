@@ -12,8 +12,9 @@ from safetensors.torch import load_file
 from finetune.config import ConfigError, parse_config
 from finetune.training.early_stopping import EarlyStopping
 from finetune.training.ema import WeightEma
+from finetune.training.loop import KILL_AT_STEP_ENV
 from finetune.training.speed import make_adamw
-from tests.train_runs import accelerate_cmd, read_jsonl, run_training, sample_export_args
+from tests.train_runs import accelerate_cmd, read_jsonl, run_training, sample_export_args, train_env
 
 
 def _two_layer_model() -> torch.nn.Module:
@@ -110,3 +111,27 @@ def test_ema_and_early_stopping_in_a_run(tmp_path):
     assert not torch.equal(final[key], raw[key])  # the saved result is the EMA, not the raw weights
     results = json.loads((out / "final" / "all_results.json").read_text())
     assert results["box_map"] == evals[-1]["box_map"]
+
+
+@pytest.mark.slow
+def test_early_stopping_count_survives_a_resume(tmp_path):
+    """Patience 2, nothing ever improves: an uninterrupted run stops after epoch 3 (best at 1, then 2 bad
+    evaluations). Killed in epoch 3 and resumed from the epoch-2 checkpoint, it must stop after epoch 3
+    too; a count restarted from zero would run on to epoch 5."""
+    out = tmp_path / "run"
+    args = [
+        *sample_export_args(tmp_path),
+        "--early_stopping_patience", "2", "--early_stopping_min_delta", "1.0",
+        "--detection_epochs", "5", "--eval_every_epochs", "1", "--stages", "detection",
+    ]  # fmt: skip
+    # 2 steps per epoch: step 5 is mid-epoch 3, after the checkpoint of epoch 2 (one bad evaluation).
+    killed = run_training(accelerate_cmd(out, *args), env=train_env(**{KILL_AT_STEP_ENV: "5"}))
+    assert killed.returncode != 0
+    state = json.loads((out / "checkpoints" / "detection-epoch2" / "trainer_state.json").read_text())
+    assert state["early_stopping"]["bad_evaluations"] == 1
+
+    resumed = run_training(accelerate_cmd(out, *args, "--resume_from_checkpoint", "latest"))
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert "early stopping of stage detection after epoch 3" in resumed.stderr
+    evals = [r["epoch"] for r in read_jsonl(out / "metrics.jsonl") if r["type"] == "eval"]
+    assert evals == [0, 1, 2]

@@ -57,6 +57,8 @@ class TrainerState:
         metric_name: `box_map` (detection) or `pq` (masks).
         last_eval: the metrics of the latest evaluation in this stage (for `all_results.json` after a resume).
         stage_runtime: wall-clock seconds spent training each stage so far (the model card's times).
+        early_stopping: the stage's `EarlyStopping` state (`best`, `bad_evaluations`), so that a resumed
+            stage stops where an uninterrupted one would.
     """
 
     stage: str
@@ -66,6 +68,7 @@ class TrainerState:
     metric_name: str | None = None
     last_eval: dict | None = None
     stage_runtime: dict = field(default_factory=dict)
+    early_stopping: dict = field(default_factory=dict)
 
 
 def checkpoints_dir(output_dir: str | Path) -> Path:

@@ -3,8 +3,9 @@
 RF-DETR stops on mAP; for panoptic segmentation the metric that matters is PQ, which only the `masks`
 stage computes, so each stage stops on its own metric. `patience` counts *evaluations* (every
 `eval.eval_every_epochs` epochs) without an improvement of more than `min_delta` over the best so far.
-The count is not saved in checkpoints: a resumed stage starts counting again. A stopped stage keeps
-the weights of its last epoch in `final/`; the best epoch is in `best_<stage>/` as always.
+The count is saved with every checkpoint (`TrainerState.early_stopping`), so a resumed stage stops
+where an uninterrupted one would. A stopped stage keeps the weights of its last epoch in `final/`; the
+best epoch is in `best_<stage>/` as always.
 """
 
 from __future__ import annotations

@@ -281,6 +281,8 @@ def fit_stage(
         session.global_step = state.global_step
         if state.last_eval:
             session.last_eval[stage] = state.last_eval
+        stopper.best = state.early_stopping.get("best")
+        stopper.bad_evaluations = state.early_stopping.get("bad_evaluations", 0)
         logger.info(f"resumed stage {stage} after epoch {state.epoch} (step {state.global_step}) from {path}")
 
     session.stage_runtime.update(state.stage_runtime)
@@ -331,6 +333,7 @@ def fit_stage(
             if state.best_metric is None or results[metric_name] > state.best_metric:
                 state.best_metric = results[metric_name]
             stop = trainer.early_stopping_patience > 0 and stopper.should_stop(results[metric_name])
+            state.early_stopping = {"best": stopper.best, "bad_evaluations": stopper.bad_evaluations}
         session.stage_runtime[stage] = runtime_before + time.monotonic() - started
         state.stage_runtime = dict(session.stage_runtime)
         if stop or should_save(epoch, stage_cfg.epochs, config.run.save_every_epochs, evaluated):
