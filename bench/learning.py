@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import resource
 import sys
 import time
 from pathlib import Path
@@ -39,6 +40,12 @@ logger = logging.getLogger("bench.learning")
 
 CONFIG = REPO_ROOT / "bench" / "configs" / "learning.yaml"
 IMAGE_SIZE = (96, 72)
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process and its finished children (the training run)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,8 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     run_args = ["--dataset_dir", str(data), "--seed", str(args.seed), *args.train_args]
     results = launch_training(CONFIG, args.work_dir / "run", run_args)
     minutes = (time.monotonic() - start) / 60
+    cpu_minutes = cpu_seconds() / 60
     print(
-        f"\nfrom scratch, {results['num_images']} val images, data + training {minutes:.1f} min (wall clock)"
+        f"\nfrom scratch, {results['num_images']} val images, data + training {minutes:.1f} min wall clock, "
+        f"{cpu_minutes:.1f} CPU-min (this process and the training run)"
     )
     print(summarize(results))
     return 0

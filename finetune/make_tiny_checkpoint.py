@@ -5,7 +5,7 @@
 
 The offline stand-in for `facebook/detr-resnet-50-panoptic`: the same recipe, in miniature.
 
-1. Generate the synthetic *source* domain (`dataset_scripts/sample/source_domain.py`): 128x96
+1. Generate the synthetic *source* domain (`dataset_scripts/sample/source_domain.py`): 192x144
    construction scenes with brick, excavator and pole (the sample's pipe, renamed) things and
    COCO-named stuff (sky-other-merged, wall-other-merged, floor-other-merged, dirt-merged); the
    bundled sample's tile is absent.
@@ -35,6 +35,7 @@ from dataset_scripts.atomic_io import atomic_directory
 from dataset_scripts.sample.source_domain import (
     SAMPLE_CLASS_MAP,
     SOURCE_NAMES,
+    SOURCE_SIZE,
     SOURCE_STUFF_LABELS,
     source_domain_plans,
 )
@@ -95,10 +96,10 @@ brick and excavator by name, the rest with `class_map: {{{mapping}}}`; the sampl
 class for it.
 
 ## How it was made
-`{command}` generated {num_images} source scenes of 128x96 px
+`{command}` generated {num_images} source scenes of {SOURCE_SIZE[0]}x{SOURCE_SIZE[1]} px
 (`dataset_scripts/sample/source_domain.py`) and ran `accelerate launch finetune/train.py --config
-finetune/configs/tiny_pretrain.yaml` on them: box stage, then mask stage, from a random init (backbone
-random, calibrated and frozen).
+finetune/configs/tiny_pretrain.yaml` on them: box stage (the random, calibrated backbone trained too, at
+lr 2e-5), then mask stage with DETR frozen, from a random init.
 
 ## Source-domain validation metrics (`all_results.json`)
 PQ {results.get("pq", float("nan")):.3f} (things {results.get("pq_things", float("nan")):.3f}, stuff

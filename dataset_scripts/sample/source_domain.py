@@ -38,12 +38,15 @@ SOURCE_STUFF_LABELS = tuple(SOURCE_STUFF_NAMES.values())
 SOURCE_NAMES = {**SOURCE_THING_NAMES, **SOURCE_STUFF_NAMES}
 # The fine-tuning `class_map` onto the bundled sample's classes ({sample name: checkpoint name}).
 SAMPLE_CLASS_MAP = dict(SOURCE_NAMES)
+# Scene size (width, height): the bundled sample's 320x240 photos at 0.6, so that pretraining and the
+# quickstart's fine-tuning see objects at the same scale (shortest edge 128-160 px in both configs).
+SOURCE_SIZE = (192, 144)
 
 
 def source_domain_plans(
     num_images: int,
     seed: int = 0,
-    size: tuple[int, int] = (128, 96),
+    size: tuple[int, int] = SOURCE_SIZE,
     min_things: int = 1,
     max_things: int = 2,
 ) -> Plans:
