@@ -3,8 +3,8 @@
     python bench/transfer.py [--work-dir DIR] [--train-images 160] [--val-images 40] [--seed 0]
         [--detection-epochs 15] [--masks-epochs 8] [-- more finetune/train.py options for both arms]
 
-Target set: clean synthetic 128x96 scenes with the bundled sample's classes (brick, pipe, tile,
-excavator over floor/wall/sky/ground; `dataset_scripts/sample/synthetic_set.py`). For the checkpoint
+Target set: clean synthetic 192x144 scenes (the source domain's size) with the bundled sample's
+classes (brick, pipe, tile, excavator over floor/wall/sky/ground; `dataset_scripts/sample/synthetic_set.py`). For the checkpoint
 (`pretrained/tiny-detr-panoptic`, pretrained on brick, excavator and pole (= pipe) scenes with
 COCO-named stuff) the classes are partly new: tile has no class-head row to start from, pipe and the
 stuff come through `class_map`.
@@ -46,6 +46,7 @@ from pathlib import Path
 
 import yaml
 
+from dataset_scripts.sample.source_domain import SOURCE_SIZE
 from dataset_scripts.sample.synthetic_set import sample_classes_set
 from finetune.training.launch_run import REPO_ROOT, launch_training, summarize
 
@@ -53,7 +54,7 @@ logger = logging.getLogger("bench.transfer")
 
 QUICKSTART = REPO_ROOT / "finetune" / "configs" / "quickstart.yaml"
 PRETRAIN_CONFIG = REPO_ROOT / "finetune" / "configs" / "tiny_pretrain.yaml"
-IMAGE_SIZE = (128, 96)  # the checkpoint's source scenes are 128x96
+IMAGE_SIZE = SOURCE_SIZE  # the size of the checkpoint's source scenes
 
 
 def scratch_args() -> list[str]:
