@@ -18,9 +18,10 @@ same data, with the same seed, epochs and batch size (so the same number of opti
   checkpoint's `config_overrides`), at the from-scratch learning rates (5e-4 box, 1e-3 masks: the
   measured recipe of bench/learning.py).
 
-A third arm, `early_stopping` (`--arms pretrained,early_stopping`), is `pretrained` evaluated after
-every epoch with `trainer.early_stopping_patience` (`--patience`): what the default of that option is
-chosen by (its PQ and training time against `pretrained`, which evaluates once per stage).
+Two more arms measure the defaults of the `trainer:` options small-data fine-tuners expect, against
+`pretrained` (its PQ and training time): `early_stopping` (`--arms pretrained,early_stopping`) is
+`pretrained` evaluated after every epoch with `trainer.early_stopping_patience` (`--patience`); `ema`
+(`--arms pretrained,ema`) is `pretrained` with `trainer.ema: true`.
 
 Prints each arm's `final/all_results.json`, its training time, and the PQ difference. Goal: pretrained -
 scratch >= 0.15 PQ.
@@ -84,7 +85,9 @@ def arm_args(arm: str, patience: int) -> list[str]:
         return scratch_args()
     if arm == "early_stopping":  # evaluated every epoch: the cost of early stopping is part of the arm
         return ["--eval_every_epochs", "1", "--early_stopping_patience", str(patience)]
-    raise SystemExit(f"unknown arm {arm!r} (pretrained, scratch, early_stopping)")
+    if arm == "ema":  # the EMA weights are what is evaluated and saved
+        return ["--ema", "true"]
+    raise SystemExit(f"unknown arm {arm!r} (pretrained, scratch, early_stopping, ema)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--arms",
         default="pretrained,scratch",
-        help="comma-separated arms: pretrained, scratch, early_stopping",
+        help="comma-separated arms: pretrained, scratch, early_stopping, ema",
     )
     parser.add_argument(
         "--patience", type=int, default=3, help="early_stopping arm: evaluations without improvement"
@@ -134,10 +137,11 @@ def main(argv: list[str] | None = None) -> int:
         gain = results["pretrained"]["pq"] - results["scratch"]["pq"]
         things = results["pretrained"]["pq_things"] - results["scratch"]["pq_things"]
         print(f"pretrained - scratch: PQ {gain:+.3f}, things PQ {things:+.3f}")
-    if {"pretrained", "early_stopping"} <= set(results):
-        gain = results["early_stopping"]["pq"] - results["pretrained"]["pq"]
-        ratio = seconds["early_stopping"] / seconds["pretrained"]
-        print(f"early_stopping - pretrained: PQ {gain:+.3f} in {ratio:.2f}x the time")
+    for variant in ("early_stopping", "ema"):
+        if {"pretrained", variant} <= set(results):
+            gain = results[variant]["pq"] - results["pretrained"]["pq"]
+            ratio = seconds[variant] / seconds["pretrained"]
+            print(f"{variant} - pretrained: PQ {gain:+.3f} in {ratio:.2f}x the time")
     return 0
 
 

@@ -37,6 +37,13 @@ def test_early_stopping_arm_differs_from_pretrained_only_in_evaluation_and_patie
         assert getattr(stopping, section) == getattr(pretrained, section), section
 
 
+def test_ema_arm_differs_from_pretrained_only_in_ema():
+    pretrained = parse_config(["--config", str(transfer.QUICKSTART)])
+    ema = parse_config(["--config", str(transfer.QUICKSTART), *transfer.arm_args("ema", 3)])
+    assert ema.trainer.ema and not pretrained.trainer.ema
+    assert dataclasses.replace(ema, trainer=pretrained.trainer) == pretrained
+
+
 def test_learning_bench_config_is_a_from_scratch_training_config():
     config = parse_config(["--config", str(learning.CONFIG)])
     assert config.model.model_name_or_path is None
