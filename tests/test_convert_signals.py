@@ -178,7 +178,9 @@ def test_a_swallowed_ctrl_c_still_stops_the_run_before_anything_is_committed(tmp
 
     monkeypatch.setattr(converter, "run_jobs", run_jobs_losing_the_interrupt)
     export = _export(tmp_path / "export")
+    # What was installed before the run (SIG_IGN, not Python's handler, under `nohup ... &`) must come back.
+    handler_before = signal.getsignal(signal.SIGINT)
     code, errors = run_cli(["--cvat", export, "--out", tmp_path / "out"], caplog)
     assert code == 130 and errors == [f"error: interrupted: nothing written to {tmp_path / 'out'}"]
     assert no_output_left(tmp_path, tmp_path / "out")
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert signal.getsignal(signal.SIGINT) is handler_before  # handlers restored
