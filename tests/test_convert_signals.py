@@ -184,3 +184,32 @@ def test_a_swallowed_ctrl_c_still_stops_the_run_before_anything_is_committed(tmp
     assert code == 130 and errors == [f"error: interrupted: nothing written to {tmp_path / 'out'}"]
     assert no_output_left(tmp_path, tmp_path / "out")
     assert signal.getsignal(signal.SIGINT) is handler_before  # handlers restored
+
+
+def test_the_executor_race_on_cancelled_jobs_prints_no_traceback(monkeypatch):
+    """CPython < 3.12 (gh-107219): when Ctrl-C/SIGTERM breaks the pool while `shutdown(cancel_futures=True)`
+    cancels the pending jobs, the executor's manager thread raises InvalidStateError and `threading`
+    prints its traceback (seen in CI). `run_jobs` drops exactly that; other thread errors still reach
+    the hook that was installed before (here a recorder, standing for `threading`'s printer)."""
+    import threading
+    from concurrent.futures import InvalidStateError
+
+    from dataset_scripts.conversion.workers import quiet_cancelled_future_race
+
+    class _ExecutorManagerThread(threading.Thread):  # the name of CPython's manager thread class
+        def run(self):
+            raise InvalidStateError("CANCELLED: <Future state=cancelled>")
+
+    class OtherThread(threading.Thread):
+        def run(self):
+            raise InvalidStateError("a real bug elsewhere")
+
+    reported = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: reported.append(str(args.exc_value)))
+    recorder = threading.excepthook
+    with quiet_cancelled_future_race():
+        for thread in (_ExecutorManagerThread(), OtherThread()):
+            thread.start()
+            thread.join()
+    assert threading.excepthook is recorder
+    assert reported == ["a real bug elsewhere"]

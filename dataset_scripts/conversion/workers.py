@@ -8,14 +8,16 @@ group): the parent stops the pool and cleans up, as for any other error.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import multiprocessing
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import InvalidStateError, ProcessPoolExecutor
 from typing import TypeVar
 
 from tqdm import tqdm
@@ -51,6 +53,32 @@ def _init_worker(parent_pid: int | None) -> None:
         os._exit(1)
 
 
+@contextlib.contextmanager
+def quiet_cancelled_future_race() -> Iterator[None]:
+    """Silence one known, harmless CPython < 3.12 race (gh-107219) while a pool runs.
+
+    When Ctrl-C/SIGTERM kills the workers (the whole process group gets it) while the parent's
+    ``shutdown(cancel_futures=True)`` cancels the pending jobs, the executor's manager thread may try
+    to set a ``BrokenProcessPool`` exception on an already cancelled future: ``InvalidStateError``,
+    whose traceback `threading` prints, though the jobs were cancelled on purpose. Only that
+    exception from that thread is dropped; anything else reaches the previous hook.
+    """
+    previous = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        manager_thread = type(args.thread).__name__ == "_ExecutorManagerThread"
+        if args.exc_type is InvalidStateError and manager_thread:
+            logger.debug("ignored the executor's InvalidStateError on a cancelled job (CPython gh-107219)")
+            return
+        previous(args)
+
+    threading.excepthook = hook
+    try:
+        yield
+    finally:
+        threading.excepthook = previous
+
+
 def run_jobs(
     function: Callable[[Job], Result], jobs: Sequence[Job], num_workers: int, desc: str = "images"
 ) -> list[Result]:
@@ -67,15 +95,16 @@ def run_jobs(
     pool = ProcessPoolExecutor(
         max_workers=num_workers, mp_context=context, initializer=_init_worker, initargs=(parent_pid,)
     )
-    try:
-        # Workers are started by the submissions: block Ctrl-C/SIGTERM meanwhile, so that a worker
-        # never runs the parent's handlers and the parent never gets the signal inside CPython's
-        # at-fork callbacks (which swallow exceptions); a pending signal is delivered right after.
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    with quiet_cancelled_future_race():
         try:
-            results = pool.map(function, jobs, chunksize=1)
+            # Workers are started by the submissions: block Ctrl-C/SIGTERM meanwhile, so that a worker
+            # never runs the parent's handlers and the parent never gets the signal inside CPython's
+            # at-fork callbacks (which swallow exceptions); a pending signal is delivered right after.
+            blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+            try:
+                results = pool.map(function, jobs, chunksize=1)
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+            return list(tqdm(results, **progress))
         finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-        return list(tqdm(results, **progress))
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+            pool.shutdown(wait=True, cancel_futures=True)
