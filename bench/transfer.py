@@ -4,9 +4,9 @@
         [--detection-epochs 15] [--masks-epochs 8] [-- more finetune/train.py options for both arms]
 
 Target set: clean synthetic 192x144 scenes (the source domain's size) with the bundled sample's
-classes (brick, pipe, tile, excavator over floor/wall/sky/ground; `dataset_scripts/sample/synthetic_set.py`). For the checkpoint
-(`pretrained/tiny-detr-panoptic`, pretrained on brick, excavator and pole (= pipe) scenes with
-COCO-named stuff) the classes are partly new: tile has no class-head row to start from, pipe and the
+classes (brick, pipe, tile, excavator over floor/wall/sky/ground; `dataset_scripts/sample/synthetic_set.py`).
+For the checkpoint (`pretrained/tiny-detr-panoptic`, pretrained on brick, excavator and pole (= pipe)
+scenes with COCO-named stuff) the classes are partly new: tile has no class-head row to start from, pipe and the
 stuff come through `class_map`.
 
 Two arms, both `accelerate launch finetune/train.py --config finetune/configs/quickstart.yaml` on the
@@ -112,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("dataset_scripts").setLevel(logging.WARNING)
 
+    arms = args.arms.split(",")
+    for arm in arms:
+        arm_args(arm, args.patience)  # an unknown arm stops here, before any data or training
     data = sample_classes_set(args.work_dir, args.train_images, args.val_images, IMAGE_SIZE, args.seed)
     budget = [
         "--dataset_dir", str(data), "--seed", str(args.seed),
@@ -120,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         "--eval_every_epochs", "0", "--report_to", "", "--save_total_limit", "1",
     ]  # fmt: skip
     results, seconds = {}, {}
-    for arm in args.arms.split(","):
+    for arm in arms:
         started = time.monotonic()
         results[arm] = launch_training(
             QUICKSTART, args.work_dir / arm, [*budget, *arm_args(arm, args.patience), *args.train_args]
