@@ -232,16 +232,21 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+def _convert_under_memory_limit(export: Path, out: Path) -> subprocess.CompletedProcess:
+    """Run the converter on `export` in a child process limited to 2 GB of address space."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    argv = ["--cvat", str(export), "--out", str(out), "--val-ratio", "0"]
+    return subprocess.run(
+        [sys.executable, "-c", _HUGE_POLYGON, *argv], env=env, capture_output=True, text=True, timeout=300
+    )
+
+
 @pytest.mark.parametrize("far", [2e8, 1e12, -1e300])
 def test_absurd_polygon_coordinates_are_clipped_within_2_gb(tmp_path, far):
     """A vertex far outside the image: converted (clipped) in < 2 GB of address space, no crash."""
     export = one_image_coco(tmp_path / "export", [ann(5, segmentation=[[2, 2, far, 6, 2, 10]])])
     out = tmp_path / "out"
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    argv = ["--cvat", str(export), "--out", str(out), "--val-ratio", "0"]
-    proc = subprocess.run(
-        [sys.executable, "-c", _HUGE_POLYGON, *argv], env=env, capture_output=True, text=True, timeout=300
-    )
+    proc = _convert_under_memory_limit(export, out)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     report = json.loads((out / "report.json").read_text())
@@ -271,11 +276,7 @@ def test_huge_cvat_mask_box_costs_only_the_image(tmp_path):
         ],
     )
     out = tmp_path / "out"
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    argv = ["--cvat", str(export), "--out", str(out), "--val-ratio", "0"]
-    proc = subprocess.run(
-        [sys.executable, "-c", _HUGE_POLYGON, *argv], env=env, capture_output=True, text=True, timeout=300
-    )
+    proc = _convert_under_memory_limit(export, out)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert read_panoptic_png(out / "annotations" / "panoptic_train" / "a.png").all()
 
