@@ -11,8 +11,8 @@ stages, random init) and prints `final/all_results.json`: the evaluation of the 
 (40 + 20 epochs of 50 steps), so a loaded machine gives the same result, only later.
 
 What makes a random-init DETR learn at all (reference init, mask-head attention gain, revived and
-calibrated frozen BatchNorm, a backbone learning rate of 2e-5) is in `finetune.modeling.random_init.prepare_random_init`
-and docs/training-from-scratch.md; the CPU speed settings (one thread, flushed denormals, fused
+calibrated frozen BatchNorm) is in `finetune.modeling.random_init.prepare_random_init`, the backbone
+learning rate of 2e-5 in the config, the reasons in docs/training-from-scratch.md; the CPU speed settings (one thread, flushed denormals, fused
 AdamW) in `finetune/training/speed.py`. Goal: PQ >= 0.70, things >= 0.50.
 
 Measured (`python bench/learning.py`, 2 CPU cores shared with another training run, one thread):

@@ -99,9 +99,9 @@ class for it.
 ## How it was made
 `{command}` generated {num_images} source scenes of {SOURCE_SIZE[0]}x{SOURCE_SIZE[1]} px
 (`dataset_scripts/sample/source_domain.py`) and ran `accelerate launch finetune/train.py --config
-finetune/configs/tiny_pretrain.yaml` on them: box stage (the random, calibrated backbone trained too, at
-lr 2e-5), then mask stage with DETR frozen, from a random init; {minutes:.1f} min wall clock with the
-data, one thread per process.
+finetune/configs/tiny_pretrain.yaml` on them (its copy: `training_config.yaml`): box stage, the random
+calibrated backbone included, then mask stage with DETR frozen, from a random init; {minutes:.1f} min
+wall clock with the data, one thread per process.
 
 ## Source-domain validation metrics (`all_results.json`)
 PQ {results.get("pq", float("nan")):.3f} (things {results.get("pq_things", float("nan")):.3f}, stuff
