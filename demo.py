@@ -1,6 +1,6 @@
 """A small web demo: upload a photo, pick a threshold, see the panoptic overlay and the segment list.
 
-    pip install -r requirements-demo.txt      # gradio
+    pip install -e ".[demo]"                 # the project with gradio
     python demo.py --model outputs/quickstart/final [--port 7860] [--host 127.0.0.1]
 
 Works with any checkpoint folder written by `finetune/train.py` or a Hub model id. Runs locally only:
@@ -21,10 +21,14 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from PIL import Image
+try:  # the project and its dependencies must be installed: one line says so, not a traceback
+    from PIL import Image
 
-from dataset_scripts.cli_options import make_parser
-from finetune.predictor_options import add_predictor_arguments, predictor_from_args
+    from dataset_scripts.cli_options import make_parser
+    from finetune.predictor_options import add_predictor_arguments, predictor_from_args
+except ModuleNotFoundError as missing:
+    print(f"{sys.argv[0]}: {missing}: install detr-panoptic with `pip install -e '.[demo]'` from the repository root", file=sys.stderr)
+    raise SystemExit(2) from None
 
 if TYPE_CHECKING:  # torch-backed: imported where used, so that `--help` stays fast
     from finetune.inference import PanopticPredictor
@@ -108,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         import gradio  # noqa: F401
     except ImportError:
-        logger.error("gradio is not installed: pip install -r requirements-demo.txt")
+        logger.error('gradio is not installed: pip install -e ".[demo]" from the repository root')
         return 2
     from finetune.inference import ModelLoadError
 

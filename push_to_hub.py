@@ -7,7 +7,11 @@ The same command is installed as ``detr-panoptic-push``; ``--help`` lists every 
 
 import sys
 
-from finetune.hub.cli import main
+try:  # the project and its dependencies must be installed: one line says so, not a traceback
+    from finetune.hub.cli import main
+except ModuleNotFoundError as missing:
+    print(f"{sys.argv[0]}: {missing}: install detr-panoptic with `pip install -e .` from the repository root", file=sys.stderr)
+    raise SystemExit(2) from None
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -18,6 +18,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+try:  # run as a file (`python dataset_scripts/build_dataset.py`), this needs the project installed: one line says so
+    import dataset_scripts  # noqa: F401
+except ModuleNotFoundError as missing:
+    print(f"{sys.argv[0]}: {missing}: install detr-panoptic with `pip install -e .` from the repository root", file=sys.stderr)
+    raise SystemExit(2) from None
+
 from dataset_scripts.atomic_io import atomic_directory
 from dataset_scripts.cli_options import add_option, make_parser
 

@@ -25,6 +25,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+try:  # run as a file (`python dataset_scripts/cvat_to_panoptic.py`), this needs the project installed: one line says so
+    import dataset_scripts  # noqa: F401
+except ModuleNotFoundError as missing:
+    print(f"{sys.argv[0]}: {missing}: install detr-panoptic with `pip install -e .` from the repository root", file=sys.stderr)
+    raise SystemExit(2) from None
+
 from dataset_scripts.cli_options import add_option, make_parser
 from dataset_scripts.conversion.interrupts import Interrupted, handle_signals
 from dataset_scripts.conversion.orchestrator import ConversionOptions, convert_exports

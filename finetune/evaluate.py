@@ -33,6 +33,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+try:  # run as a file (`python finetune/evaluate.py`), this needs the project installed: one line says so
+    import finetune  # noqa: F401
+except ModuleNotFoundError as missing:
+    print(f"{sys.argv[0]}: {missing}: install detr-panoptic with `pip install -e .` from the repository root", file=sys.stderr)
+    raise SystemExit(2) from None
+
 from dataset_scripts.atomic_io import atomic_directory, atomic_write_json
 from dataset_scripts.cli_options import add_option, make_parser
 from finetune.predictor_options import add_predictor_arguments, predictor_from_args

@@ -30,6 +30,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+try:  # run as a file (`python finetune/make_tiny_checkpoint.py`), this needs the project installed: one line says so
+    import finetune  # noqa: F401
+except ModuleNotFoundError as missing:
+    print(f"{sys.argv[0]}: {missing}: install detr-panoptic with `pip install -e .` from the repository root", file=sys.stderr)
+    raise SystemExit(2) from None
+
 from safetensors.torch import load_file, save_file
 
 from dataset_scripts.atomic_io import atomic_directory

@@ -43,6 +43,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+try:  # run as a file (`python finetune/predict.py`), this needs the project installed: one line says so
+    import finetune  # noqa: F401
+except ModuleNotFoundError as missing:
+    print(f"{sys.argv[0]}: {missing}: install detr-panoptic with `pip install -e .` from the repository root", file=sys.stderr)
+    raise SystemExit(2) from None
+
 from PIL import Image
 
 from dataset_scripts.atomic_io import atomic_write_bytes, atomic_write_json

@@ -17,6 +17,12 @@ import logging
 import sys
 from collections.abc import Sequence
 
+try:  # run as a file (`python finetune/train.py`), this needs the project installed: one line says so
+    import finetune  # noqa: F401
+except ModuleNotFoundError as missing:
+    print(f"{sys.argv[0]}: {missing}: install detr-panoptic with `pip install -e .` from the repository root", file=sys.stderr)
+    raise SystemExit(2) from None
+
 from finetune.config import ConfigError, parse_config
 
 

@@ -2,11 +2,13 @@
 
     python -m finetune.training.launch [accelerate launch options] finetune/train.py [training options]
 
-`accelerate launch -q` hides the launcher's `CalledProcessError` traceback, but only for single-process
-launches: a multi-process launch goes through `torch.distributed.run`, whose `ChildFailedError` traceback
-(and its failure summary) `-q` does not hide. This runs accelerate's own launch command in this process and
-turns a failed training process into exit status 1, without a traceback of the launcher. The options are
-accelerate launch's, unchanged; a successful run is exactly `accelerate launch`'s.
+`accelerate launch -q` hides the launcher's `CalledProcessError` traceback for single-process launches,
+but a multi-process launch goes through `torch.distributed.run`, whose failure `-q` prints as torch's
+`ChildFailedError` summary block (accelerate 1.16) or does not catch at all (its traceback, 1.15). This runs
+accelerate's own launch command in this process, not quiet, so that both launchers raise their exception
+here on every accelerate version, and turns a failed training process into exit status 1 with no
+traceback or summary after the training script's own one-line error. The options are accelerate
+launch's, unchanged; a successful run is exactly `accelerate launch`'s.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     args = launch_command_parser().parse_args(None if argv is None else list(argv))
-    args.quiet = True  # single-process launches: accelerate's own quiet mode (exits 1)
+    # Quiet mode would print torch's failure summary itself (accelerate 1.16) and exit: the exceptions below
+    # are what every version raises when it is off.
+    args.quiet = False
     # torch's elastic agent logs each failed or stopped process after the script's own error.
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     try:
