@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+# The network guard of the Hub stand-in, as a fixture any test module may request.
+from tests.hub_standin import no_network  # noqa: F401
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
