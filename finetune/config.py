@@ -76,7 +76,8 @@ class ModelConfig:
     config_overrides: dict = field(default_factory=dict)
     """`DetrConfig` keyword arguments for a random init (used when `model_name_or_path` is null)."""
     class_map: dict = field(default_factory=dict)
-    """Warm start of class-head rows: {dataset label name: pretrained label name}, e.g. wall: wall-other-merged."""
+    """Warm start of class-head rows: {dataset label name: pretrained class, by COCO-panoptic name or id}, e.g.
+    {wall: wall-other-merged} or {wall: 199}; other classes warm-start by identical name."""
 
 
 @dataclass
@@ -198,7 +199,8 @@ class LoggingConfig:
     """Metrics logging."""
 
     report_to: list[str] = field(default_factory=list)
-    """Accelerate trackers (`tensorboard`, `wandb`, ...); `all` = every installed one; empty = JSON lines only."""
+    """Accelerate trackers (`tensorboard`, `wandb`, ...); `all` = every installed one; empty or `none` = JSON lines
+    only."""
     logging_steps: int = 10
     """Write a training-loss line to metrics.jsonl / the trackers every N optimiser steps."""
     project_name: str = "detr-panoptic"
@@ -275,6 +277,8 @@ class TrainingConfig:
     def validate(self) -> TrainingConfig:
         """Check values once, raising `ConfigError` naming the offending key; returns self."""
         _check_types(self)
+        if [tracker.lower() for tracker in self.logging.report_to] == ["none"]:  # transformers' spelling of "no tracker"
+            self.logging.report_to = []
         stages = self.run.stages
         if not stages:
             raise ConfigError("run.stages: give at least one stage of " + ", ".join(STAGE_NAMES))

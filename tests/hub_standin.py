@@ -9,7 +9,7 @@ transformers 4.x wrote it in 2021-2022 and as transformers 5 must still read it:
   so that a tensor re-initialised on load instead of read from the file cannot go unnoticed;
 - `config.json`: a 4.x `DetrConfig` (timm `resnet50` backbone, `use_pretrained_backbone: true`,
   `backbone_config: null`, `num_hidden_layers`, `torch_dtype`, `transformers_version: 4.26.0.dev0`) with the
-  250 labels of the real checkpoint (`COCO_PANOPTIC_ID2LABEL`);
+  250 labels of the real checkpoint (`HUB_ID2LABEL`);
 - `preprocessor_config.json`: a legacy `DetrFeatureExtractor` config (`size: 800`, `max_size: 1333`,
   `format: coco_panoptic`, no `image_processor_type`).
 
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import socket
 from collections.abc import Iterator, Mapping
@@ -107,11 +108,11 @@ _NAMED_LABELS: tuple[str, ...] = (
 )  # fmt: skip
 assert len(_NAMED_LABELS) == 183  # ids 0..182
 
-COCO_PANOPTIC_ID2LABEL: dict[int, str] = {
+HUB_ID2LABEL: dict[int, str] = {
     i: _NAMED_LABELS[i] if i < len(_NAMED_LABELS) else f"LABEL_{i}" for i in range(NUM_LABELS)
 }
 # As 4.x computed it (`{v: k for k, v in id2label.items()}`): for the twelve "N/A" ids the last one wins.
-COCO_PANOPTIC_LABEL2ID: dict[str, int] = {name: i for i, name in COCO_PANOPTIC_ID2LABEL.items()}
+HUB_LABEL2ID: dict[str, int] = {name: i for i, name in HUB_ID2LABEL.items()}
 
 # ---------------------------------------------------------------------------------------------------------
 # Key names: transformers 5 -> transformers 4.x.
@@ -247,8 +248,8 @@ def legacy_config(architecture: Mapping[str, int] | None = None) -> dict[str, An
         # encoder_layers (DetrConfig.attribute_map), so it must agree.
         "num_hidden_layers": architecture["encoder_layers"],
         "architectures": ["DetrForSegmentation"],
-        "id2label": {str(i): name for i, name in COCO_PANOPTIC_ID2LABEL.items()},
-        "label2id": dict(COCO_PANOPTIC_LABEL2ID),
+        "id2label": {str(i): name for i, name in HUB_ID2LABEL.items()},
+        "label2id": dict(HUB_LABEL2ID),
     }
     return dict(sorted(config.items()))  # 4.x wrote config.json with sort_keys=True
 
@@ -379,3 +380,44 @@ def no_network() -> Iterator[list[str]]:
     """No network for the test: any connection attempt raises and fails the test (see `network_blocked`)."""
     with network_blocked() as attempts:
         yield attempts
+
+
+NETWORK_LOG_ENV = "DETR_PANOPTIC_TEST_NETWORK_LOG"
+_SITECUSTOMIZE = '''"""Written by tests/hub_standin.py: this process and its children may not reach the network."""
+import atexit
+import os
+
+from tests.hub_standin import network_blocked
+
+_block = network_blocked()
+_attempts = _block.__enter__()
+
+
+@atexit.register
+def _record_attempts():
+    if _attempts:
+        with open(os.environ["{log_env}"], "a", encoding="utf-8") as log:
+            log.write("\\n".join(f"pid {{os.getpid()}}: {{attempt}}" for attempt in _attempts) + "\\n")
+'''
+
+
+def network_blocked_env(folder: Path, env: Mapping[str, str]) -> tuple[dict[str, str], Path]:
+    """`env` for a subprocess in which `network_blocked` is active, in it and in every Python child process.
+
+    A `sitecustomize.py` on `PYTHONPATH` (imported by every interpreter at start-up) enters the guard and,
+    at exit, appends the attempts it refused to a log, so that a swallowed attempt of any process of a
+    launch (accelerate's launcher, the training script, data workers) is still seen.
+
+    Args:
+        folder: where to write `sitecustomize.py` and the log.
+        env: the environment to extend.
+
+    Returns:
+        `(env, log)`: the log file exists after the run if and only if a process tried to reach the network.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sitecustomize.py").write_text(_SITECUSTOMIZE.format(log_env=NETWORK_LOG_ENV), encoding="utf-8")
+    log = folder / "network_attempts.log"
+    repo_root = Path(__file__).resolve().parents[1]
+    path = os.pathsep.join(p for p in (str(folder), str(repo_root), env.get("PYTHONPATH", "")) if p)
+    return {**env, "PYTHONPATH": path, NETWORK_LOG_ENV: str(log)}, log

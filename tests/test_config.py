@@ -223,3 +223,9 @@ def test_sample_conversion_is_kept_for_later_runs(tmp_path):
     report = (first / "report.json").stat().st_mtime_ns
     data.split_seed = 1  # a finished conversion is reused (resumes keep their evaluation set)
     assert convert_sample(data, tmp_path) == first and (first / "report.json").stat().st_mtime_ns == report
+
+
+@pytest.mark.parametrize("value", ["none", "None"])
+def test_report_to_none_means_no_tracker(value):
+    """transformers' `--report_to none`: accelerate itself would stop on it with a traceback."""
+    assert parse_config(["--report_to", value]).logging.report_to == []

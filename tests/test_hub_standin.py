@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from tests.hub_standin import (
-    COCO_PANOPTIC_ID2LABEL,
     CONFIG_NAME,
+    HUB_ID2LABEL,
     LEGACY_EXTRA_KEYS,
     PREPROCESSOR_NAME,
     STANDIN_ARCHITECTURE,
@@ -198,7 +198,7 @@ def test_label2id_inverts_id2label(loaded):
         name: i for name, i in config.label2id.items() if name != "N/A"
     }
     assert config.label2id["N/A"] == 91  # 4.x built label2id as {v: k}: the last "N/A" id wins
-    assert config.id2label == COCO_PANOPTIC_ID2LABEL
+    assert config.id2label == HUB_ID2LABEL
 
 
 # ----------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from dataset_scripts.coco_panoptic import CheckpointLabels
 from dataset_scripts.image_io import load_upright_rgb
 from dataset_scripts.stuff.cache import (
     is_cached,
@@ -91,17 +92,25 @@ def load_stuff_model(model_name_or_path: str, device: str) -> tuple[Any, Any]:
     return processor, model.to(device).eval()
 
 
-def stuff_label_ids(id2label: dict[int, str], mapping: StuffMapping, model_name: str) -> frozenset[int]:
-    """The model's label ids that are stuff per the mapping (fused per image)."""
-    ids = frozenset(int(i) for i, name in id2label.items() if mapping.is_stuff_label(name))
+def stuff_label_ids(labels: CheckpointLabels, mapping: StuffMapping, model_name: str) -> frozenset[int]:
+    """The model's rows that are stuff per the mapping (fused per image).
+
+    Args:
+        labels: the model's rows resolved through the COCO-panoptic table (`LABEL_199` is `wall-other-merged`).
+        mapping: the stuff mapping.
+        model_name: for messages.
+    """
+    ids = frozenset(row for name, row in labels.rows.items() if mapping.is_stuff_label(name))
     if not ids:
         raise StuffModelError(
-            f"{model_name}: none of its labels (e.g. {sorted(id2label.values())[:5]}) is a stuff label of "
+            f"{model_name}: none of its labels (e.g. {sorted(labels.rows)[:5]}) is a stuff label of "
             f"{mapping.source}; is it a COCO panoptic model, or does the mapping need its label names?"
         )
-    missing = sorted(set(mapping.stuff_labels) - set(id2label.values()))
+    missing = {name: labels.close_matches(name) for name in sorted(set(mapping.stuff_labels) - set(labels.rows))}
     if missing:
-        logger.warning("%s: stuff labels not among the model's labels: %s", mapping.source, missing)
+        logger.warning(
+            "%s: stuff labels that %s cannot predict (close matches): %s", mapping.source, model_name, missing
+        )
     return ids
 
 
@@ -118,7 +127,8 @@ class StuffLabeller:
 
         self.processor, self.model = load_stuff_model(model_name_or_path, device)
         self.mapping = mapping
-        fuse = stuff_label_ids(self.model.config.id2label, mapping, model_name_or_path)
+        self.labels = CheckpointLabels.from_id2label(self.model.config.id2label)
+        fuse = stuff_label_ids(self.labels, mapping, model_name_or_path)
         # transformers' default mask thresholds, as DETR's panoptic demo uses them
         self.postprocessing = PostProcessing(threshold, 0.5, 0.8, fuse, resize_ids=True)
 
@@ -128,7 +138,7 @@ class StuffLabeller:
 
         output = predict_images(self.model, self.processor, images, self.postprocessing)
         return [
-            map_panoptic_prediction(p.ids, p.segments, self.model.config.id2label, self.mapping)
+            map_panoptic_prediction(p.ids, p.segments, self.labels.names, self.mapping)
             for p in output.predictions
         ]
 

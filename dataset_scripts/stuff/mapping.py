@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from dataset_scripts.coco_panoptic import coco_panoptic_name
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAPPING_PATH = Path(__file__).resolve().parents[1] / "configs" / "coco_stuff_map.yaml"
@@ -100,12 +102,19 @@ def _label_table(raw: Any, targets: list[str], where: str) -> dict[str, int | No
         return {}
     if not isinstance(raw, dict):
         raise StuffMappingError(
-            f"{where}: expected a mapping 'model label: target', got {type(raw).__name__}"
+            f"{where}: expected a mapping 'model label (or COCO-panoptic id): target', got {type(raw).__name__}"
         )
     table = {}
     for label, value in raw.items():
+        if isinstance(label, int) and not isinstance(label, bool):  # a COCO-panoptic category id
+            name = coco_panoptic_name(label)
+            if name is None:
+                raise StuffMappingError(f"{where}: {label} is not a COCO-panoptic category id (1-200)")
+            label = name
         if not isinstance(label, str) or not label:
-            raise StuffMappingError(f"{where}: label {label!r} is not a non-empty string")
+            raise StuffMappingError(f"{where}: label {label!r} is not a non-empty string or a category id")
+        if label in table:
+            raise StuffMappingError(f"{where}: {label!r} is given twice (by name and by id?)")
         table[label] = _target_index(value, targets, f"{where}.{label}")
     return table
 

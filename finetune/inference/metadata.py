@@ -13,6 +13,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from dataset_scripts.coco_panoptic import CheckpointLabels, coco_panoptic_categories
 from dataset_scripts.preview import palette_color
 from finetune.config import DEFAULT_MASK_THRESHOLD, DEFAULT_OVERLAP_MASK_AREA_THRESHOLD, DEFAULT_THRESHOLD
 
@@ -31,12 +32,21 @@ class LabelMismatchError(ValueError):
 
 
 def stuff_label_ids(config: Any) -> set[int]:
-    """The labels to fuse into one segment per class: the checkpoint's ``config.stuff_label_ids``."""
+    """The labels to fuse into one segment per class.
+
+    The checkpoint's ``config.stuff_label_ids`` (written by training); for a checkpoint laid out by COCO
+    category id without them (`facebook/detr-resnet-50-panoptic`), its rows that are COCO-panoptic stuff
+    categories.
+    """
     ids = getattr(config, "stuff_label_ids", None)
-    if ids is None:
-        logger.warning("the checkpoint has no config.stuff_label_ids: stuff classes will not be fused")
-        return set()
-    return {int(i) for i in ids}
+    if ids is not None:
+        return {int(i) for i in ids}
+    labels = CheckpointLabels.from_id2label(config.id2label)
+    if labels.coco_layout:
+        categories = coco_panoptic_categories()
+        return {row for row in labels.rows.values() if not categories[row].isthing}
+    logger.warning("the checkpoint has no config.stuff_label_ids: stuff classes will not be fused")
+    return set()
 
 
 def postprocess_settings(

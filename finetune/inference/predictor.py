@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from dataset_scripts.coco_panoptic import CheckpointLabels
 from dataset_scripts.panoptic_format import segment_stats
 from dataset_scripts.preview import draw_panoptic_overlay
 from finetune.inference.core import BatchOutput, PanopticPrediction, PostProcessing, predict_images
@@ -96,7 +97,8 @@ class PanopticPredictor:
         self.image_processor = image_processor
         self.batch_size = batch_size
         self.full_forward = full_forward
-        self.id2label = {int(k): v for k, v in config.id2label.items()}
+        # COCO-panoptic names where the checkpoint has placeholders (`LABEL_199` of the Hub checkpoint)
+        self.id2label = CheckpointLabels.from_id2label(config.id2label).names
         self.stuff_label_ids = stuff_label_ids(config)
         self.postprocessing = PostProcessing(**settings, label_ids_to_fuse=frozenset(self.stuff_label_ids))
         self.category_ids = category_ids(config)

@@ -14,7 +14,6 @@ A random init (`model_name_or_path` None) is made trainable from scratch by
 from __future__ import annotations
 
 import copy
-import difflib
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -24,6 +23,7 @@ from typing import Any
 import torch
 from transformers import DetrConfig, DetrForSegmentation
 
+from dataset_scripts.coco_panoptic import CheckpointLabels
 from finetune.config import check_config_overrides
 from finetune.modeling.random_init import prepare_random_init
 
@@ -85,15 +85,21 @@ def label_space(categories: Sequence[Mapping[str, Any]]) -> tuple[dict[int, str]
 def map_class_head_rows(
     new_id2label: Mapping[int, str],
     pretrained_id2label: Mapping[int, str],
-    class_map: Mapping[str, str] | None = None,
+    class_map: Mapping[str, str | int] | None = None,
 ) -> dict[int, int]:
     """Which pretrained class-head row warm-starts each new label.
+
+    The checkpoint's rows are resolved through the COCO-panoptic category table
+    (`dataset_scripts.coco_panoptic.CheckpointLabels`): on `facebook/detr-resnet-50-panoptic`, whose config
+    calls the merged stuff classes `LABEL_184` ... `LABEL_200`, `wall-other-merged` (or its id, 199) still
+    finds row 199, and rows the panoptic model never predicts (COCO-Stuff-only classes) match nothing.
 
     Args:
         new_id2label: the dataset's labels {label: name}.
         pretrained_id2label: the checkpoint's labels {label: name}.
-        class_map: `{new_name: pretrained_name}` for classes named differently (e.g. `{"wall": "wall-other-merged"}`);
-            other classes map by identical name.
+        class_map: `{new_name: pretrained class}` for classes named differently, the pretrained class given by
+            name or COCO-panoptic id (e.g. `{"wall": "wall-other-merged"}` or `{"wall": 199}`); other classes
+            map by identical name.
 
     Returns:
         `{new_label: pretrained_label}` for the mapped labels only (the no-object row is not included).
@@ -103,25 +109,23 @@ def map_class_head_rows(
     """
     class_map = dict(class_map or {})
     new_names = set(new_id2label.values())
-    pretrained_ids: dict[str, int] = {}
-    for label in sorted(pretrained_id2label, key=int):  # first occurrence wins (COCO has several "N/A")
-        pretrained_ids.setdefault(pretrained_id2label[label], int(label))
+    pretrained = CheckpointLabels.from_id2label(pretrained_id2label)
 
     unknown_keys = sorted(k for k in class_map if k not in new_names)
     if unknown_keys:
         raise ModelSetupError(f"class_map names classes that are not in the dataset: {unknown_keys}")
-    unknown_values = sorted(v for v in class_map.values() if v not in pretrained_ids)
+    unknown_values = sorted((v for v in class_map.values() if pretrained.row_of(v) is None), key=str)
     if unknown_values:
-        hints = {v: difflib.get_close_matches(v, list(pretrained_ids), n=3) for v in unknown_values}
+        hints = {v: pretrained.close_matches(v) for v in unknown_values}
         raise ModelSetupError(
             f"class_map names classes that the checkpoint does not have (close matches: {hints})"
         )
 
     rows = {}
     for label, name in new_id2label.items():
-        pretrained_name = class_map.get(name, name)
-        if pretrained_name in pretrained_ids:
-            rows[int(label)] = pretrained_ids[pretrained_name]
+        row = pretrained.row_of(class_map.get(name, name))
+        if row is not None:
+            rows[int(label)] = row
     return rows
 
 
@@ -245,13 +249,12 @@ def transfer_pretrained_weights(
 def log_class_mapping(
     new_id2label: Mapping[int, str], pretrained_id2label: Mapping[int, str], rows: Mapping[int, int]
 ) -> None:
-    """Log which class-head rows were warm-started (one line per dataset class)."""
+    """Log which class-head rows were warm-started (one line per dataset class), under COCO-panoptic names."""
+    pretrained_names = CheckpointLabels.from_id2label(pretrained_id2label).names
     width = max(len(n) for n in new_id2label.values())
     lines = [f"{'label':>5}  {'class':<{width}}  warm start from pretrained class"]
     for label, name in sorted(new_id2label.items()):
-        source = (
-            f"{pretrained_id2label[rows[label]]} (row {rows[label]})" if label in rows else "- (fresh init)"
-        )
+        source = f"{pretrained_names[rows[label]]} (row {rows[label]})" if label in rows else "- (fresh init)"
         lines.append(f"{label:>5}  {name:<{width}}  {source}")
     lines.append(f"{'':>5}  {'no-object':<{width}}  no-object (row {len(pretrained_id2label)})")
     logger.info(
