@@ -8,7 +8,7 @@ import re
 import pytest
 
 from finetune.config import TrainingConfig
-from finetune.hub.model_card import build_model_card
+from finetune.hub.model_card import INFERENCE_COST, build_model_card
 
 CONFIG = {
     "id2label": {"0": "excavator", "1": "person", "2": "wall"},
@@ -96,3 +96,9 @@ def test_pipeline_snippet_passes_the_checkpoint_postprocessing_settings():
     text = card_text({"pq": 0.5}, training_config(), None)
     call = re.search(r'segmenter\("site.jpg", ([^)]*)\)', text)
     assert call and call.group(1) == "threshold=0.3, mask_threshold=0.5, overlap_mask_area_threshold=0.8"
+
+
+def test_usage_offers_the_cheap_path_first_with_its_measured_cost():
+    text = card_text({"pq": 0.5}, training_config(), None)
+    assert text.index("PanopticPredictor.from_pretrained") < text.index('pipeline("image-segmentation"')
+    assert INFERENCE_COST["predictor"] in text and INFERENCE_COST["pipeline"] in text
