@@ -301,6 +301,12 @@ def plan_pictures(images: dict[str, ImageRecord], skip_missing: bool, need_masks
         raise ConversionError(_nothing_left(images))
     plan.names = output_names(list(plan.paths))
     for key, name in plan.names.items():
+        suffix = plan.paths[key].suffix
+        if images[key].alternates and suffix != PurePosixPath(name).suffix:
+            # The picture was found under an alternate name (an older CVAT's frame_000012.jpg):
+            # the output keeps the file's own extension (stems, hence uniqueness, are unchanged).
+            plan.names[key] = PurePosixPath(name).stem + suffix
+    for key, name in plan.names.items():
         if name != PurePosixPath(key).name:
             record = images[key]
             plan.warnings.append(
