@@ -574,3 +574,17 @@ def test_empty_labels_can_be_skipped_and_are_reported(tmp_path, layout, caplog):
     assert len(skipped) == 1 and WHERE[layout].split(", annotation ")[1].startswith(skipped[0]["annotation_id"])
     if layout == "video":  # frame 1 held only the blank-labelled shape
         assert [img["file_name"] for doc in docs.values() for img in doc["images"]] == ["frame_000000.PNG"]
+
+
+def test_a_video_task_exported_as_cvat_for_images_finds_its_frames(tmp_path, caplog):
+    """"CVAT for images" of a video task names its images ``frame_000000`` (no extension)."""
+    export = tmp_path / "export"
+    pixels = write_frames(export / "images", [0, 1])
+    xml_export(export, [(str(f), f"frame_{f:06d}", W, H, polygon("car", car_box(f))) for f in (0, 1)])
+    out, docs, _ = convert(tmp_path, caplog, export)
+    written = outputs(out, docs)
+    assert sorted(written) == ["frame_000000.PNG", "frame_000001.PNG"]
+    for frame in (0, 1):
+        _, picture, category, ids = written[f"frame_{frame:06d}.PNG"]
+        np.testing.assert_array_equal(picture, pixels[frame])
+        np.testing.assert_array_equal(category, box_mask(car_box(frame)) * ids["car"])

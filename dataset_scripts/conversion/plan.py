@@ -323,6 +323,8 @@ def plan_pictures(images: dict[str, ImageRecord], skip_missing: bool, need_masks
 
 def _nothing_left(images: dict[str, ImageRecord]) -> str:
     """Why no picture is left: the annotation files, and the kinds of shapes they hold instead."""
+    if not images:
+        return "no image left to convert: the exports list no image (or --frame-step left none)"
     sources = sorted({record.source for record in images.values()})
     kinds: dict[str, int] = {}
     for record in images.values():
