@@ -588,3 +588,11 @@ def test_a_video_task_exported_as_cvat_for_images_finds_its_frames(tmp_path, cap
         _, picture, category, ids = written[f"frame_{frame:06d}.PNG"]
         np.testing.assert_array_equal(picture, pixels[frame])
         np.testing.assert_array_equal(category, box_mask(car_box(frame)) * ids["car"])
+
+
+def test_subset_splits_of_a_task_export_say_it_has_no_subset(tmp_path, caplog):
+    export = tmp_path / "export"
+    write_picture(export / "images" / "a.png")
+    xml_export(export, [("0", "a.png", W, H, polygon("car", CAR_A))])
+    error = refused(tmp_path, caplog, export, extra=["--splits-from-subsets"])
+    assert "(no subset: not a project export)" in error and "annotations.xml" in error

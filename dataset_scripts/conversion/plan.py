@@ -148,8 +148,8 @@ def subset_splits(images: dict[str, ImageRecord], keys: Sequence[str]) -> dict[s
     for key in keys:
         record = images[key]
         split = subset_split(record.subset)
-        if split is None:
-            unknown.setdefault(record.subset, record.source)
+        if split is None:  # a task export has no subset: name it so that the message says so
+            unknown.setdefault(record.subset or "(no subset: not a project export)", record.source)
         else:
             split_of[key] = split
     if unknown:
