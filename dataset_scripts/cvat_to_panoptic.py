@@ -5,8 +5,9 @@ Usage::
     cvat-to-panoptic --cvat EXPORT [--cvat EXPORT ...] \\
         [--stuff-labels LABEL ...] [--stuff-from-model [MODEL]] --output-dir DIR [options]
 
-An EXPORT is a CVAT "COCO 1.0" export folder (``annotations/instances_default.json`` +
-``images/``), a "CVAT for images 1.1" folder (``annotations.xml`` + ``images/``), a folder of
+An EXPORT is a CVAT "COCO 1.0" export folder (``annotations/instances_<subset>.json`` +
+``images/``), a "CVAT for images 1.1" or "CVAT for video 1.1" folder (``annotations.xml`` +
+``images/``), of a task or of a whole project, a folder of
 per-class COCO exports (``<class>/coco.json`` + ``<class>/images/``), or directly a ``.json`` /
 ``.xml`` annotation file. Several exports are merged: labels by name, images by their path.
 
@@ -124,6 +125,31 @@ def _add_option_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add("--skip-missing-images", action="store_true", help="report missing pictures instead of failing")
     add(
+        "--skip-empty-labels",
+        action="store_true",
+        help="skip annotations whose label is empty (named in report.json) instead of failing",
+    )
+    add(
+        "--splits-from-subsets",
+        action="store_true",
+        help="use the CVAT subsets of a project export as splits (Train, Validation/Val, Test) "
+        "instead of a seeded random split",
+    )
+    add(
+        "--frame-step",
+        type=int,
+        default=1,
+        metavar="N",
+        help="keep every N-th frame of a video task (default: 1, every annotated frame)",
+    )
+    add(
+        "--video-split",
+        choices=("ranges", "random"),
+        default="ranges",
+        help="split video frames in contiguous frame ranges (default: neighbouring frames are "
+        "near-duplicates) or one by one at random",
+    )
+    add(
         "--images",
         type=Path,
         action="append",
@@ -153,6 +179,10 @@ def _options(args: argparse.Namespace) -> ConversionOptions:
         skip_missing_images=args.skip_missing_images,
         overwrite=args.overwrite,
         image_dirs=args.images,
+        subset_splits=args.splits_from_subsets,
+        frame_step=args.frame_step,
+        video_split=args.video_split,
+        skip_empty_labels=args.skip_empty_labels,
     )
 
 

@@ -102,3 +102,105 @@ def group_by_code(warnings: list[ReportWarning]) -> dict[str, list[ReportWarning
     for warning in warnings:
         groups[warning.code].append(warning)
     return dict(groups)
+
+
+def xml_project_export(
+    root: Path, images: list[tuple[str, str, str, str, int, int, str]], labels=("car", "road")
+) -> Path:
+    """A "CVAT for images 1.1" *project* export: ``root/annotations.xml`` + ``images/<subset>/``.
+
+    ``images`` holds ``(task id, subset, image id, name, width, height, inner XML)``; as CVAT writes
+    it, ``<meta><project>`` lists the labels and the tasks, and every ``<image>`` carries its
+    ``subset`` and ``task_id`` (ids and names repeat from task to task).
+    """
+    names = "".join(f"<label><name>{label}</name><type>any</type></label>" for label in labels)
+    tasks = {(task, subset) for task, subset, *_ in images}
+    task_meta = "".join(
+        f"<task><id>{task}</id><name>task {task}</name><mode>annotation</mode><subset>{subset}</subset></task>"
+        for task, subset in sorted(tasks)
+    )
+    body = "".join(
+        f'<image id="{i}" name="{name}" subset="{subset}" task_id="{task}" width="{w}" height="{h}">{inner}</image>'
+        for task, subset, i, name, w, h, inner in images
+    )
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "annotations.xml").write_text(
+        '<?xml version="1.0" encoding="utf-8"?>\n<annotations><version>1.1</version><meta><project><id>1</id>'
+        f"<name>site</name><labels>{names}</labels><tasks>{task_meta}</tasks></project></meta>{body}</annotations>"
+    )
+    return root
+
+
+def coco_project_export(root: Path, subsets: dict[str, tuple[list, list]], categories: list | None = None) -> Path:
+    """A "COCO 1.0" *project* export: ``annotations/instances_<Subset>.json`` + ``images/<Subset>/``."""
+    categories = (
+        categories if categories is not None else [{"id": 1, "name": "car"}, {"id": 2, "name": "road"}]
+    )
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    for subset, (images, anns) in subsets.items():
+        doc = {"images": images, "annotations": anns, "categories": categories}
+        (root / "annotations" / f"instances_{subset}.json").write_text(json.dumps(doc))
+    return root
+
+
+def video_export(
+    root: Path,
+    tracks: list[tuple[str, str, str]],
+    size: tuple[int, int] = (16, 12),
+    *,
+    frames: int = 10,
+    labels=("car", "road"),
+    project_tasks: list[tuple[str, str]] | None = None,
+    frame_filter: str = "",
+) -> Path:
+    """A "CVAT for video 1.1" export: ``root/annotations.xml`` with ``<track>`` elements.
+
+    ``tracks`` holds ``(track attributes, label, inner XML of its per-frame shapes)``; the task
+    meta gives the video's ``<original_size>`` (``size`` = width, height) as CVAT writes it. With
+    ``project_tasks`` (``(task id, subset)``) it is a project export: the meta lists the tasks under
+    ``<project><tasks>`` and every track should carry ``task_id`` and ``subset``. Pictures are not
+    written (see `write_frames`).
+    """
+    names = "".join(f"<label><name>{label}</name><type>any</type></label>" for label in labels)
+    width, height = size
+
+    def task_meta(task_id: str, subset: str = "", extra: str = "") -> str:
+        return (
+            f"<task><id>{task_id}</id><name>video</name><size>{frames}</size><mode>interpolation</mode>"
+            f"<overlap>5</overlap><start_frame>0</start_frame><stop_frame>{frames - 1}</stop_frame>"
+            f"<frame_filter>{frame_filter}</frame_filter><subset>{subset}</subset>"
+            f"<original_size><width>{width}</width><height>{height}</height></original_size>{extra}</task>"
+        )
+
+    if project_tasks is None:
+        meta = task_meta("1", extra=f"<labels>{names}</labels>")
+    else:
+        tasks = "".join(task_meta(task, subset) for task, subset in project_tasks)
+        meta = f"<project><id>1</id><name>site</name><labels>{names}</labels><tasks>{tasks}</tasks></project>"
+    body = "".join(f'<track {attrs} label="{label}" source="manual">{inner}</track>' for attrs, label, inner in tracks)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "annotations.xml").write_text(
+        f'<?xml version="1.0" encoding="utf-8"?>\n<annotations><version>1.1</version><meta>{meta}</meta>'
+        f"{body}</annotations>"
+    )
+    return root
+
+
+def track_shape(tag: str, frame: int, geometry: str, *, outside: int = 0, keyframe: int = 1, z_order: int = 0) -> str:
+    """One per-frame shape of a track, attributes in CVAT's order (frame, keyframe, outside, occluded)."""
+    return (
+        f'<{tag} frame="{frame}" keyframe="{keyframe}" outside="{outside}" occluded="0" {geometry} '
+        f'z_order="{z_order}"></{tag}>'
+    )
+
+
+def write_frames(folder: Path, frames, size=(16, 12), ext: str = ".PNG") -> dict[int, np.ndarray]:
+    """Frame pictures named as CVAT names them (``frame_000012.PNG``); returns their pixels."""
+    pixels = {}
+    for frame in frames:
+        path = folder / f"frame_{frame:06d}{ext}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        array = np.random.default_rng(frame).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+        Image.fromarray(array).save(path, format="JPEG" if ext.lower() in (".jpg", ".jpeg") else "PNG", quality=100)
+        pixels[frame] = array
+    return pixels

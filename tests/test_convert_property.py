@@ -1,6 +1,7 @@
 """Property: whatever the export, the converter writes a valid panoptic folder or refuses in one line.
 
-Hypothesis builds random COCO / XML exports with random defects (bad coordinates, bad RLE, wrong
+Hypothesis builds random COCO / XML exports (of a task or of a project with ``Train``/``Test``
+subsets, and "CVAT for video" track exports; ellipses among the XML shapes) with random defects (bad coordinates, bad RLE, wrong
 value types, unknown ids, duplicate pictures, same base names in two folders, missing, corrupt,
 resized or 16-bit pictures, ...). For each, ``main()`` runs in this process and must either
 
@@ -40,6 +41,13 @@ from tests.panoptic_checks import pq_against_itself
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES = ["x.png", "a/x.png", "b/x.png", "X.png", "y.png", "a/y.png", "../up/z.png"]
+
+
+def categories() -> list[dict]:
+    """A fresh category list per document (mutations must not leak into the next example)."""
+    return [{"id": 1, "name": "car"}, {"id": 2, "name": "road"}]
+
+
 DEFAULT_NAMES = ["x.png", "a/x.png", "b/X.png"]  # same base names in two folders: the usual case here
 PICTURE_STATES = ["gray16", "gray16", "wrong_size", "corrupt", "missing"]
 
@@ -148,9 +156,19 @@ def coco_shape(draw, width: int, height: int) -> dict:
 
 @st.composite
 def xml_shape(draw, width: int, height: int) -> str:
-    kind = draw(st.sampled_from(["polygon", "polygon", "polygon", "mask", "mask", "box", "tag", "polyline"]))
+    kind = draw(
+        st.sampled_from(["polygon", "polygon", "polygon", "mask", "mask", "ellipse", "box", "tag", "polyline"])
+    )
     label = draw(st.sampled_from(["car", "car", "road"]))
     z_order = draw(st.integers(-2, 2))
+    if kind == "ellipse":
+        cx, cy = draw(coordinate), draw(coordinate)
+        rx, ry = (draw(rarely(st.floats(0, 8), st.sampled_from([-1.0, 0.0, float("nan")]), one_in=20)) for _ in "xy")
+        rotation = draw(st.floats(-360, 360))
+        return (
+            f'<ellipse label="{label}" cx="{cx:.2f}" cy="{cy:.2f}" rx="{rx:.2f}" ry="{ry:.2f}" '
+            f'rotation="{rotation:.2f}" z_order="{z_order}"/>'
+        )
     if kind in ("polygon", "polyline"):
         points = draw(
             st.lists(
@@ -184,15 +202,17 @@ def xml_shape(draw, width: int, height: int) -> str:
 @st.composite
 def specs(draw) -> Spec:
     spec = Spec(
-        layout=draw(st.sampled_from(["coco", "xml"])),
+        layout=draw(st.sampled_from(["coco", "xml", "coco_project", "xml_project", "video"])),
         stuff=draw(st.booleans()),
         overlap=draw(st.sampled_from(["area", "order"])),
     )
-    layout_values = json_values if spec.layout == "coco" else xml_values
+    layout_values = json_values if spec.layout.startswith("coco") else xml_values
     spec.mutation = draw(rarely(st.none(), st.tuples(st.integers(0, 10**6), layout_values), one_in=4))
     for index in range(draw(st.integers(1, 3))):
         width, height = draw(st.integers(3, 10)), draw(st.integers(3, 8))
-        shape_strategy = coco_shape if spec.layout == "coco" else xml_shape
+        if spec.layout == "video" and spec.images:  # a video's frames share the task's size
+            width, height = spec.images[0]["width"], spec.images[0]["height"]
+        shape_strategy = coco_shape if spec.layout.startswith("coco") else xml_shape
         spec.images.append(
             {
                 "id": draw(rarely(st.just(index + 1), st.just(1), one_in=30)),  # sometimes a duplicate id
@@ -200,6 +220,10 @@ def specs(draw) -> Spec:
                 "width": width,
                 "height": height,
                 "picture": draw(rarely(st.just("ok"), st.sampled_from(PICTURE_STATES), one_in=6)),
+                # Project exports: equal names in both subsets are the usual case.
+                "subset": draw(st.sampled_from(["Train", "Test"])),
+                "frame": index * 3,  # video: frames with gaps
+                "outside": draw(st.lists(rarely(st.just(False), st.just(True), one_in=5), min_size=4, max_size=4)),
                 "shapes": draw(
                     st.lists(
                         shape_strategy(width, height),
@@ -239,14 +263,75 @@ def _normalised(name: str) -> str:
     return posixpath.normpath(name)
 
 
+def _key(spec: Spec, info: dict) -> str:
+    """The image's identity as the converter must see it (subset + name in a project)."""
+    if spec.layout == "video":
+        return f"frame_{info['frame']:06d}.PNG"
+    if spec.layout.endswith("project"):
+        return f"{info['subset']}/{_normalised(info['name'])}"
+    return _normalised(info["name"])
+
+
+def _picture(spec: Spec, export: Path, info: dict) -> Path:
+    """Where CVAT puts the picture: ``images/``, ``images/<subset>/``, ``images/frame_000003.PNG``."""
+    if spec.layout == "video":
+        return export / "images" / f"frame_{info['frame']:06d}.PNG"
+    if spec.layout.endswith("project"):
+        return export / "images" / info["subset"] / info["name"]
+    return export / "images" / info["name"]
+
+
+def _video_xml(spec: Spec) -> str:
+    """Every shape of a frame as a one-shape track (``outside="1"``: drawn but not on that frame)."""
+    tracks = []
+    for info in spec.images:
+        for shape, outside in zip(info["shapes"], info["outside"], strict=False):
+            shape = shape.replace("<tag ", "<points ", 1)  # tracks hold no tags
+            tag, label = re.match(r'<(\w+) label="([^"]*)"', shape).groups()
+            body = shape.replace(f' label="{label}"', f' frame="{info["frame"]}" outside="{int(outside)}" keyframe="1"', 1)
+            tracks.append(f'<track id="{len(tracks)}" label="{label}" source="manual">{body}</track>')
+    width, height = spec.images[0]["width"], spec.images[0]["height"]
+    labels = "<label><name>car</name></label><label><name>road</name></label>"
+    meta = (
+        f"<task><id>1</id><mode>interpolation</mode><start_frame>0</start_frame><labels>{labels}</labels>"
+        f"<original_size><width>{width}</width><height>{height}</height></original_size></task>"
+    )
+    return f"<annotations><version>1.1</version><meta>{meta}</meta>{''.join(tracks)}</annotations>"
+
+
 def write_export(spec: Spec, root: Path) -> tuple[Path, dict[str, np.ndarray | None]]:
     """The export under ``root/export`` and the expected pixels per image key (last writer wins)."""
     export = root / "export"
     (export / "images").mkdir(parents=True)
     pictures: dict[str, np.ndarray | None] = {}
     for seed, info in enumerate(spec.images):
-        pictures[_normalised(info["name"])] = _write_picture(export / "images" / info["name"], info, seed)
-    if spec.layout == "coco":
+        pictures[_key(spec, info)] = _write_picture(_picture(spec, export, info), info, seed)
+    if spec.layout == "video":
+        text = _video_xml(spec)
+        if spec.mutation is not None:
+            text = _mutate_xml(text, *spec.mutation)
+        (export / "annotations.xml").write_text(text)
+    elif spec.layout == "coco_project":
+        docs = {}
+        for info in spec.images:
+            doc = docs.setdefault(info["subset"], {"images": [], "annotations": [], "categories": categories()})
+            doc["images"].append({k: info[k] for k in ("id", "width", "height")} | {"file_name": info["name"]})
+            for shape in info["shapes"]:
+                doc["annotations"].append(
+                    {
+                        "id": len(doc["annotations"]) + 1,
+                        "image_id": info["id"] + shape["image_offset"],
+                        "category_id": shape["category_id"],
+                        "segmentation": shape["segmentation"],
+                    }
+                )
+        (export / "annotations").mkdir()
+        if spec.mutation is not None:
+            where, value = spec.mutation
+            _mutate_json(docs[sorted(docs)[where % len(docs)]], where, value)
+        for subset, doc in docs.items():
+            (export / "annotations" / f"instances_{subset}.json").write_text(json.dumps(doc))
+    elif spec.layout == "coco":
         images, annotations = [], []
         for info in spec.images:
             images.append({k: info[k] for k in ("id", "width", "height")} | {"file_name": info["name"]})
@@ -259,18 +344,17 @@ def write_export(spec: Spec, root: Path) -> tuple[Path, dict[str, np.ndarray | N
                         "segmentation": shape["segmentation"],
                     }
                 )
-        doc = {
-            "images": images,
-            "annotations": annotations,
-            "categories": [{"id": 1, "name": "car"}, {"id": 2, "name": "road"}],
-        }
+        doc = {"images": images, "annotations": annotations, "categories": categories()}
         (export / "annotations").mkdir()
         if spec.mutation is not None:
             _mutate_json(doc, *spec.mutation)
         (export / "annotations" / "instances_default.json").write_text(json.dumps(doc))
     else:
+        project = spec.layout == "xml_project"
         body = "".join(
-            f'<image id="{info["id"]}" name="{info["name"]}" width="{info["width"]}" height="{info["height"]}">'
+            f'<image id="{info["id"]}" name="{info["name"]}" width="{info["width"]}" height="{info["height"]}"'
+            + (f' subset="{info["subset"]}" task_id="{1 + (info["subset"] == "Test")}"' if project else "")
+            + ">"
             + "".join(info["shapes"])
             + "</image>"
             for info in spec.images
@@ -285,18 +369,22 @@ def write_export(spec: Spec, root: Path) -> tuple[Path, dict[str, np.ndarray | N
 
 def _keys_with_masks(spec: Spec) -> set[str]:
     """Keys of the images that get at least one mask-carrying annotation (COCO ones may move)."""
-    by_id = {info["id"]: info for info in reversed(spec.images)}  # the first image of an id
+    area = ("<polygon", "<mask", "<ellipse")
     keys = set()
+    if spec.layout.startswith("coco"):
+        for info in spec.images:
+            # A COCO annotation names its image by id within its own file (one file per subset).
+            same_file = [i for i in spec.images if spec.layout == "coco" or i["subset"] == info["subset"]]
+            by_id = {i["id"]: i for i in reversed(same_file)}  # the first image of an id
+            for shape in info["shapes"]:
+                target = by_id.get(info["id"] + shape["image_offset"])
+                if shape["segmentation"] != [] and target is not None:
+                    keys.add(_key(spec, target))
+        return keys
     for info in spec.images:
-        for shape in info["shapes"]:
-            if spec.layout == "xml" and shape.startswith(("<polygon", "<mask")):
-                keys.add(_normalised(info["name"]))
-            if (
-                spec.layout == "coco"
-                and shape["segmentation"] != []
-                and info["id"] + shape["image_offset"] in by_id
-            ):
-                keys.add(_normalised(by_id[info["id"] + shape["image_offset"]]["name"]))
+        outside = info["outside"] if spec.layout == "video" else [False] * len(info["shapes"])
+        if any(shape.startswith(area) and not out for shape, out in zip(info["shapes"], outside, strict=False)):
+            keys.add(_key(spec, info))
     return keys
 
 
@@ -329,7 +417,7 @@ def check_output(spec: Spec, out: Path, pictures: dict[str, np.ndarray | None]) 
     event(f"exit 0 {'mutated' if spec.mutation else 'checked against the spec'}")
     if spec.mutation is not None:  # the spec no longer says which pictures must be there
         return
-    names = {key: report["renamed_images"].get(key, key) for key in pictures}
+    names = {key: report["renamed_images"].get(key, key) for key in pictures}  # output name per key
     expected = _keys_with_masks(spec)
     assert {key for key in expected if names[key] in written} == expected, "a picture was dropped"
     assert len(written) == len(expected), "pictures were merged or invented"
@@ -340,6 +428,7 @@ def check_output(spec: Spec, out: Path, pictures: dict[str, np.ndarray | None]) 
 
 def run_in_process(spec: Spec, root: Path) -> None:
     export, pictures = write_export(spec, root)
+    event(f"layout {spec.layout}")
     out = root / "out"
     argv = ["--cvat", str(export), "--out", str(out), "--overlap", spec.overlap, "--val-ratio", "0.5"]
     argv += ["--stuff-labels", "road"] if spec.stuff else []

@@ -173,7 +173,14 @@ def test_xml_images_are_found_in_images_folder_with_nested_names(tmp_path):
             r"mask #1: malformed rle",
         ),
         (lambda t: t.replace('width="64" height="48"', 'width="sixty" height="48"'), "width='sixty'"),
-        (lambda t: t.replace('<image id="1"', '<track id="0" label="car"/><image id="1"'), "tracks"),
+        (
+            lambda t: t.replace(
+                '<image id="1"',
+                '<track id="0" label="car"><polygon frame="0" outside="0" occluded="0" keyframe="1" '
+                'points="0,0;4,0;4,4" z_order="0"/></track><image id="1"',
+            ),
+            r"image 0 \(track 0\) polygon: the task's frame size",
+        ),
     ],
 )
 def test_bad_xml_is_a_clear_error(tmp_path, edit, match):

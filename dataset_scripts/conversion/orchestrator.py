@@ -29,13 +29,18 @@ from dataset_scripts.conversion.image import ImageJob, ImageResult, convert_imag
 from dataset_scripts.conversion.interrupts import raise_if_interrupted
 from dataset_scripts.conversion.plan import (
     build_categories,
+    drop_empty_labels,
+    keep_every_nth_frame,
     plan_pictures,
     plan_splits,
     preview_spread,
+    split_warnings,
     stuff_like_things,
+    subset_splits,
 )
 from dataset_scripts.conversion.rasterize import CategoryRef
-from dataset_scripts.conversion.report import ClassStats, ConversionReport
+from dataset_scripts.conversion.report import ClassStats, ConversionReport, ReportWarning
+from dataset_scripts.conversion.splits import RANGES_PER_VIDEO, frame_ranges
 from dataset_scripts.conversion.workers import run_jobs
 from dataset_scripts.cvat.exports import merge_images, read_export
 from dataset_scripts.cvat.records import MASK_KINDS, ConversionError, ImageRecord
@@ -70,6 +75,12 @@ class ConversionOptions:
         overwrite: Replace an existing output folder.
         image_dirs: Extra folders searched for pictures (after the export's own); pictures named
             by a path that leaves the export are only read from these folders.
+        subset_splits: The CVAT subsets of a project export are the splits (``Train`` -> train,
+            ``Validation``/``Val`` -> val, ``Test`` -> test) instead of a seeded random split.
+        frame_step: Keep every N-th frame of a video.
+        video_split: ``ranges`` (default): a video's frames are split in contiguous ranges, so that
+            near-identical neighbours do not leak from train into val; ``random``: frame by frame.
+        skip_empty_labels: Skip (and report) annotations with an empty label instead of failing.
     """
 
     stuff_labels: Sequence[str] = ()
@@ -88,6 +99,10 @@ class ConversionOptions:
     skip_missing_images: bool = False
     overwrite: bool = False
     image_dirs: Sequence[Path] = ()
+    subset_splits: bool = False
+    frame_step: int = 1
+    video_split: str = "ranges"
+    skip_empty_labels: bool = False
 
 
 def _check_options(exports: Sequence[Path], out_dir: Path, options: ConversionOptions) -> None:
@@ -108,6 +123,10 @@ def _check_options(exports: Sequence[Path], out_dir: Path, options: ConversionOp
         )
     if options.num_workers < 1 or options.preview < 0:
         raise ConversionError("--num-workers must be >= 1 and --preview >= 0")
+    if options.frame_step < 1:
+        raise ConversionError(f"--frame-step must be >= 1, got {options.frame_step}")
+    if options.video_split not in ("ranges", "random"):
+        raise ConversionError(f"--video-split must be 'ranges' or 'random', got {options.video_split!r}")
     if not exports:
         raise ConversionError("no export given (--cvat)")
     ancestor = out_dir.absolute().parent
@@ -244,6 +263,35 @@ def _image_classes(images: dict[str, ImageRecord], keys: Sequence[str], refs: di
     }
 
 
+def _split(
+    images: dict[str, ImageRecord], keys: Sequence[str], refs: dict[str, CategoryRef], options: ConversionOptions
+) -> tuple[dict[str, str], list[ReportWarning], str]:
+    """The split of every picture, its warnings and a sentence saying how it was made (for the report)."""
+    classes = _image_classes(images, keys, refs)
+    if options.subset_splits:
+        split_of = subset_splits(images, keys)
+        present = set(split_of.values())
+        warnings = split_warnings(classes, split_of, float("val" in present), float("test" in present))
+        return split_of, warnings, "CVAT subsets (--splits-from-subsets)"
+    method = f"seeded random (seed {options.seed})"
+    frames = {
+        key: (images[key].sequence, images[key].frame_index)
+        for key in keys
+        if images[key].frame_index is not None
+    }
+    units = None
+    if frames and options.video_split == "ranges":
+        units = frame_ranges(frames)  # type: ignore[arg-type]
+        method += (
+            f"; video frames in contiguous frame ranges ({RANGES_PER_VIDEO} per video) so that "
+            "neighbouring frames stay in one split (--video-split ranges)"
+        )
+    elif frames:
+        method += "; video frames one by one: neighbouring near-identical frames leak between splits"
+    split_of, warnings = plan_splits(classes, options.val_ratio, options.test_ratio, options.seed, units)
+    return split_of, warnings, method
+
+
 def _build_folder(
     out_dir: Path,
     jobs: list[ImageJob],
@@ -293,7 +341,8 @@ def convert_exports(exports: list[Path], out_dir: Path, options: ConversionOptio
     out_dir = Path(out_dir)
     _check_options(exports, out_dir, options)
     loaded = [export for path in exports for export in read_export(Path(path), options.image_dirs)]
-    images = merge_images(loaded)
+    images = keep_every_nth_frame(merge_images(loaded), options.frame_step)
+    warnings = drop_empty_labels(images, options.skip_empty_labels)
     mapping = None
     if options.stuff_from_model:
         from dataset_scripts.stuff_model import StuffMappingError, load_stuff_mapping
@@ -303,17 +352,13 @@ def convert_exports(exports: list[Path], out_dir: Path, options: ConversionOptio
         except (StuffMappingError, OSError) as err:
             raise ConversionError(f"--stuff-map: {err}") from err
     model_stuff = list(mapping.stuff_names) if mapping else []
-    categories, warnings = build_categories(loaded, images, options.stuff_labels, model_stuff)
+    categories, category_warnings = build_categories(loaded, images, options.stuff_labels, model_stuff)
+    warnings += category_warnings
     _warn_stuff_like_things(categories, options)
     refs = {cat["name"]: CategoryRef(cat["id"], bool(cat["isthing"])) for cat in categories}
     pictures = plan_pictures(images, options.skip_missing_images, need_masks=mapping is None)
-    split_of, split_warnings = plan_splits(
-        _image_classes(images, list(pictures.paths), refs),
-        options.val_ratio,
-        options.test_ratio,
-        options.seed,
-    )
-    warnings += pictures.warnings + split_warnings
+    split_of, split_notes, split_method = _split(images, sorted(pictures.paths), refs, options)
+    warnings += pictures.warnings + split_notes
 
     stuff_cache, stuff_map_categories = None, ()
     if mapping is not None:
@@ -329,6 +374,7 @@ def convert_exports(exports: list[Path], out_dir: Path, options: ConversionOptio
         warnings=warnings,
         classes={cat["id"]: ClassStats(cat["name"], bool(cat["isthing"])) for cat in categories},
         renamed={key: name for key, name in pictures.names.items() if name != key},
+        split_method=split_method,
     )
     jobs = [
         ImageJob(

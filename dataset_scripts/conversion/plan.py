@@ -13,6 +13,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from dataset_scripts.conversion.report import (
+    EMPTY_LABEL,
     MISSING_IMAGE,
     NOT_IN_VAL,
     RENAMED,
@@ -20,7 +21,7 @@ from dataset_scripts.conversion.report import (
     UNUSED_LABEL,
     ReportWarning,
 )
-from dataset_scripts.conversion.splits import assign_splits
+from dataset_scripts.conversion.splits import assign_splits, subset_split
 from dataset_scripts.cvat.records import MASK_KINDS, ConversionError, Export, ImageRecord
 from dataset_scripts.preview import distinct_colors
 
@@ -93,6 +94,73 @@ def preview_spread(pictures: Sequence[tuple[str, str, frozenset[int]]], count: i
     return chosen
 
 
+def drop_empty_labels(images: dict[str, ImageRecord], skip: bool) -> list[ReportWarning]:
+    """Refuse (or, with ``skip``, drop and report) annotations whose label is empty or blank.
+
+    A blank label is never a class: CVAT allows ``label=""`` in a hand-edited or scripted export,
+    and a category named ``""`` would silently train a nameless class.
+
+    Raises:
+        ConversionError: the first annotation with a blank label, unless ``skip``.
+    """
+    warnings = []
+    for key, record in sorted(images.items()):
+        kept = []
+        for shape in record.shapes:
+            if shape.label.strip():
+                kept.append(shape)
+                continue
+            where = f"{shape.source}: image {record.image_id} ({record.file_name}), annotation {shape.annotation_id}"
+            if not skip:
+                raise ConversionError(
+                    f"{where}: empty label {shape.label!r} (fix it in CVAT, or pass --skip-empty-labels)"
+                )
+            warnings.append(
+                ReportWarning(EMPTY_LABEL, shape.source, key, shape.annotation_id, "empty label: skipped")
+            )
+        record.shapes = kept
+    return warnings
+
+
+def keep_every_nth_frame(images: dict[str, ImageRecord], step: int) -> dict[str, ImageRecord]:
+    """The images without the video frames that ``--frame-step`` leaves out.
+
+    A frame is kept when its position in its video (`ImageRecord.frame_index`, in the task's frame
+    steps) is a multiple of ``step``; pictures that are no video frame are always kept.
+    """
+    if step == 1:
+        return images
+    return {
+        key: record
+        for key, record in images.items()
+        if record.frame_index is None or record.frame_index % step == 0
+    }
+
+
+def subset_splits(images: dict[str, ImageRecord], keys: Sequence[str]) -> dict[str, str]:
+    """The split of every image from its CVAT subset (``--splits-from-subsets``).
+
+    Raises:
+        ConversionError: an image without a subset, or a subset that names no split (all named).
+    """
+    split_of: dict[str, str] = {}
+    unknown: dict[str, str] = {}
+    for key in keys:
+        record = images[key]
+        split = subset_split(record.subset)
+        if split is None:  # a task export has no subset: name it so that the message says so
+            unknown.setdefault(record.subset or "(no subset: not a project export)", record.source)
+        else:
+            split_of[key] = split
+    if unknown:
+        names = ", ".join(f"{name!r} ({source})" for name, source in sorted(unknown.items()))
+        raise ConversionError(
+            f"--splits-from-subsets: subset(s) {names} name no split; CVAT subsets must be Train, "
+            "Validation (or Val) or Test"
+        )
+    return split_of
+
+
 def build_categories(
     exports: Sequence[Export],
     images: dict[str, ImageRecord],
@@ -114,7 +182,7 @@ def build_categories(
     supercategory: dict[str, str] = {}
     for export in exports:
         for label in export.labels:
-            if label not in declared_in:
+            if label.strip() and label not in declared_in:  # a blank label is never a class
                 known.append(label)
                 declared_in[label] = export.source
         for label, sup in export.label_supercategories.items():
@@ -230,8 +298,14 @@ def plan_pictures(images: dict[str, ImageRecord], skip_missing: bool, need_masks
             continue
         plan.paths[key] = path
     if not plan.paths:
-        raise ConversionError("no image left to convert (all missing or without mask annotations)")
+        raise ConversionError(_nothing_left(images))
     plan.names = output_names(list(plan.paths))
+    for key, name in plan.names.items():
+        suffix = plan.paths[key].suffix
+        if images[key].alternates and suffix != PurePosixPath(name).suffix:
+            # The picture was found under an alternate name (an older CVAT's frame_000012.jpg):
+            # the output keeps the file's own extension (stems, hence uniqueness, are unchanged).
+            plan.names[key] = PurePosixPath(name).stem + suffix
     for key, name in plan.names.items():
         if name != PurePosixPath(key).name:
             record = images[key]
@@ -247,11 +321,55 @@ def plan_pictures(images: dict[str, ImageRecord], skip_missing: bool, need_masks
     return plan
 
 
+def _nothing_left(images: dict[str, ImageRecord]) -> str:
+    """Why no picture is left: the annotation files, and the kinds of shapes they hold instead."""
+    if not images:
+        return "no image left to convert: the exports list no image (or --frame-step left none)"
+    sources = sorted({record.source for record in images.values()})
+    kinds: dict[str, int] = {}
+    for record in images.values():
+        for shape in record.shapes:
+            kind = shape.detail or shape.kind
+            kinds[kind] = kinds.get(kind, 0) + 1
+    held = ", ".join(f"{count} {kind}" for kind, count in sorted(kinds.items())) or "no annotation"
+    return (
+        f"{', '.join(sources) or 'the exports'}: no image left to convert: {len(images)} image(s), all "
+        f"missing or without a mask-carrying annotation (polygon, mask, RLE, ellipse); they hold {held}"
+    )
+
+
 def plan_splits(
-    image_classes: dict[str, set[str]], val_ratio: float, test_ratio: float, seed: int
+    image_classes: dict[str, set[str]],
+    val_ratio: float,
+    test_ratio: float,
+    seed: int,
+    units: dict[str, str] | None = None,
 ) -> tuple[dict[str, str], list[ReportWarning]]:
-    """Split per image key and the ``class_not_in_val`` warnings (see `splits.assign_splits`)."""
-    split_of = assign_splits(image_classes, val_ratio, test_ratio, seed)
+    """Split per image key and the ``class_not_in_val`` warnings (see `splits.assign_splits`).
+
+    Args:
+        image_classes: Classes per image key.
+        val_ratio: Fraction of ``val``.
+        test_ratio: Fraction of ``test``.
+        seed: Split seed.
+        units: The unit each key is split with (a video's frame range): the units are split,
+            with the classes of all their images, and every image goes where its unit goes.
+            Default: every image is its own unit.
+    """
+    units = units or {}
+    unit_of = {key: units.get(key, key) for key in image_classes}
+    unit_classes: dict[str, set[str]] = {}
+    for key, classes in image_classes.items():
+        unit_classes.setdefault(unit_of[key], set()).update(classes)
+    unit_split = assign_splits(unit_classes, val_ratio, test_ratio, seed)
+    split_of = {key: unit_split[unit_of[key]] for key in image_classes}
+    return split_of, split_warnings(image_classes, split_of, val_ratio, test_ratio)
+
+
+def split_warnings(
+    image_classes: dict[str, set[str]], split_of: dict[str, str], val_ratio: float, test_ratio: float
+) -> list[ReportWarning]:
+    """A ``class_not_in_val`` warning per class with 2+ images and none in a non-empty split."""
     counts: dict[str, int] = {}
     for classes in image_classes.values():
         for c in classes:
@@ -262,4 +380,4 @@ def plan_splits(
         for label in sorted(c for c, n in counts.items() if ratio > 0 and n >= 2 and c not in present):
             message = f"class '{label}' ({counts[label]} images) has no image in {split}"
             warnings.append(ReportWarning(NOT_IN_VAL, "", "", "", message))
-    return split_of, warnings
+    return warnings

@@ -15,9 +15,16 @@ COCO exports) ``overlap="area"`` lets the smaller region win (it is painted last
 reported. Areas and boxes are computed from the final id map, never taken from the export.
 
 Masks are rasterised into a patch around each shape (pycocotools for polygons and COCO RLE,
-numpy for CVAT's RLE), so that large photos with many small shapes stay fast. The work and memory
+numpy for CVAT's RLE and for ellipses), so that large photos with many small shapes stay fast. The work and memory
 per shape are bounded by the image size, never by the coordinates: polygons are clipped to the
-image (plus a margin) before pycocotools sees them, CVAT masks are decoded only inside the image.
+image (plus a margin) before pycocotools sees them, CVAT masks are decoded only inside the image,
+ellipses are evaluated only on the image pixels of their bounding box.
+
+Pixel convention: pixel ``(col, row)`` is the unit square ``[col, col + 1) x [row, row + 1)``, with
+its centre at ``(col + 0.5, row + 0.5)``. pycocotools fills a polygon's pixel when the centre is
+inside (an axis-aligned edge at ``x = 2.5`` starts the fill at column 2, at ``x = 2.6`` at column 3),
+and an ellipse's pixel is filled when its centre satisfies the ellipse inequality (boundary
+included), so a polygon and an ellipse drawn over the same region agree.
 """
 
 from __future__ import annotations
@@ -215,11 +222,54 @@ def _cvat_mask_patch(shape: Shape, height: int, width: int, image: str, warnings
     return MaskPatch(top + y0, left + x0, mask)
 
 
+def _ellipse_patch(shape: Shape, height: int, width: int, image: str, warnings: list) -> MaskPatch | None:
+    """The pixels whose centre lies in the (rotated) ellipse.
+
+    CVAT's rotation is in degrees, clockwise on screen; with y pointing down, a point of the image
+    is mapped into the ellipse's own axes by rotating it back by that angle about the centre.
+    """
+    if shape.ellipse is None:
+        raise ConversionError(
+            f"{shape.source}: image {image}, annotation {shape.annotation_id}: ellipse without its geometry"
+        )
+    cx, cy, rx, ry, rotation = shape.ellipse
+    theta = math.radians(rotation)
+    cos, sin = math.cos(theta), math.sin(theta)
+    # Half extents of the rotated ellipse's bounding box.
+    half_w = math.hypot(rx * cos, ry * sin)
+    half_h = math.hypot(rx * sin, ry * cos)
+    if cx - half_w < 0 or cy - half_h < 0 or cx + half_w > width or cy + half_h > height:
+        warnings.append(
+            _warn(
+                shape,
+                image,
+                OUT_OF_BOUNDS,
+                f"ellipse reaches ({cx - half_w:.1f}, {cy - half_h:.1f})-({cx + half_w:.1f}, {cy + half_h:.1f}) "
+                f"outside the {width}x{height} image: clipped",
+            )
+        )
+    if rx <= 0 or ry <= 0:
+        return None
+    # Columns whose centre col + 0.5 can lie within [cx - half_w, cx + half_w] (one spare each side).
+    left = max(0, math.floor(cx - half_w - 0.5))
+    right = min(width, math.ceil(cx + half_w - 0.5) + 1)
+    top = max(0, math.floor(cy - half_h - 0.5))
+    bottom = min(height, math.ceil(cy + half_h - 0.5) + 1)
+    if right <= left or bottom <= top:
+        warnings.append(_warn(shape, image, EMPTY, "ellipse lies entirely outside the image: skipped"))
+        return None
+    dx = np.arange(left, right, dtype=np.float64)[None, :] + 0.5 - cx
+    dy = np.arange(top, bottom, dtype=np.float64)[:, None] + 0.5 - cy
+    u = dx * cos + dy * sin
+    v = -dx * sin + dy * cos
+    return MaskPatch(top, left, (u / rx) ** 2 + (v / ry) ** 2 <= 1.0)
+
+
 def shape_patch(shape: Shape, height: int, width: int, image: str = "") -> tuple[MaskPatch | None, list]:
     """Rasterise one mask-carrying shape.
 
     Args:
-        shape: A ``polygon``, ``rle`` or ``mask`` shape.
+        shape: A ``polygon``, ``rle``, ``mask`` or ``ellipse`` shape.
         height: Image height.
         width: Image width.
         image: Image name for warnings.
@@ -235,6 +285,8 @@ def shape_patch(shape: Shape, height: int, width: int, image: str = "") -> tuple
         patch = _rle_patch(shape, height, width, image)
     elif shape.kind == "mask":
         patch = _cvat_mask_patch(shape, height, width, image, warnings)
+    elif shape.kind == "ellipse":
+        patch = _ellipse_patch(shape, height, width, image, warnings)
     else:
         raise ValueError(f"not a mask shape: {shape.kind}")
     if patch is not None and patch.area == 0:

@@ -26,6 +26,7 @@ UNUSED_LABEL = "unused_label"
 NOT_IN_VAL = "class_not_in_val"
 UNANNOTATED = "unannotated_image"
 RENAMED = "renamed_image"
+EMPTY_LABEL = "empty_label"
 # Order of the printed warnings: problems of single annotations first, then images, then labels.
 DISPLAY_ORDER = (
     INVISIBLE,
@@ -33,6 +34,7 @@ DISPLAY_ORDER = (
     DEGENERATE,
     EMPTY,
     UNSUPPORTED,
+    EMPTY_LABEL,
     BOX_ONLY,
     TAG,
     MISSING_IMAGE,
@@ -112,6 +114,7 @@ class ConversionReport:
         renamed: Output file name of every picture written under another name than its path in
             the export (folders flattened; ``cam1/0001.jpg`` -> ``cam1__0001.jpg`` when another
             picture is also called ``0001``).
+        split_method: How the splits were made (random, CVAT subsets, video frame ranges).
     """
 
     out_dir: str
@@ -121,6 +124,7 @@ class ConversionReport:
     warnings: list[ReportWarning] = field(default_factory=list)
     classes: dict[int, ClassStats] = field(default_factory=dict)
     renamed: dict[str, str] = field(default_factory=dict)
+    split_method: str = ""
 
     def add_segments(self, image: str, segments_info: list[dict[str, Any]]) -> None:
         for seg in segments_info:
@@ -137,6 +141,7 @@ class ConversionReport:
             "exports": self.exports,
             "images": sum(self.splits.values()),
             "splits": self.splits,
+            "split_method": self.split_method,
             "classes": [self.classes[cat["id"]].summary() for cat in self.categories],
             "warning_counts": self.warning_counts(),
             "warnings": [asdict(w) for w in self.warnings],
@@ -157,6 +162,8 @@ class ConversionReport:
             )
         split_text = ", ".join(f"{name} {count}" for name, count in self.splits.items())
         lines.append(f"images: {sum(self.splits.values())} ({split_text})")
+        if self.split_method:
+            lines.append(f"split: {self.split_method}")
         counts = self.warning_counts()
         lines.append(
             "warnings: " + (", ".join(f"{code} {n}" for code, n in counts.items()) if counts else "none")

@@ -88,3 +88,38 @@ def assign_splits(
                     move(name, target)
                     taken += 1
     return split
+
+
+# CVAT subset names that mean a split (compared case-insensitively).
+SUBSET_SPLITS = {"train": "train", "validation": "val", "val": "val", "test": "test"}
+# A video's frames are cut into this many contiguous ranges (fewer for a short video); the ranges,
+# not the frames, are split, so that near-identical neighbouring frames stay in one split.
+RANGES_PER_VIDEO = 10
+
+
+def subset_split(subset: str) -> str | None:
+    """The split a CVAT subset means (``Train`` -> ``train``, ``Validation``/``Val`` -> ``val``,
+    ``Test`` -> ``test``), or ``None`` for any other name."""
+    return SUBSET_SPLITS.get(subset.strip().casefold())
+
+
+def frame_ranges(frames: Mapping[str, tuple[str, int]], ranges_per_video: int = RANGES_PER_VIDEO) -> dict[str, str]:
+    """Cut every video's frames into contiguous ranges of (almost) equal length.
+
+    Args:
+        frames: ``(video, frame index)`` per image key.
+        ranges_per_video: How many ranges per video (at most one per frame).
+
+    Returns:
+        The range (``"<video>#range<k>"``) of every key.
+    """
+    by_video: dict[str, list[tuple[int, str]]] = {}
+    for key, (video, index) in frames.items():
+        by_video.setdefault(video, []).append((index, key))
+    unit: dict[str, str] = {}
+    for video, items in by_video.items():
+        items.sort()
+        count = min(ranges_per_video, len(items))
+        for position, (_, key) in enumerate(items):
+            unit[key] = f"{video}#range{position * count // len(items)}"
+    return unit

@@ -3,7 +3,8 @@
 Layouts:
 
 * CVAT COCO 1.0: ``EXPORT/annotations/instances_<subset>.json`` with the pictures in
-  ``EXPORT/images/`` (or ``EXPORT/images/<subset>/``).
+  ``EXPORT/images/`` (or ``EXPORT/images/<subset>/``); a project export has one file per subset
+  and its images are identified by subset and name.
 * One folder per class (the construction-materials dataset): ``EXPORT/<class>/coco.json`` with
   ``EXPORT/<class>/images/``.
 
@@ -149,7 +150,7 @@ def _read_categories(data: dict, src: str) -> tuple[dict[Any, str], list[str], d
     return categories, labels, supercategories
 
 
-def _read_images(data: dict, src: str, search_dirs: Sequence[Path]) -> dict[Any, ImageRecord]:
+def _read_images(data: dict, src: str, search_dirs: Sequence[Path], subset: str) -> dict[Any, ImageRecord]:
     images: dict[Any, ImageRecord] = {}
     by_key: dict[str, ImageRecord] = {}
     for img in data["images"]:
@@ -172,6 +173,7 @@ def _read_images(data: dict, src: str, search_dirs: Sequence[Path]) -> dict[Any,
             image_id=str(img["id"]),
             source=src,
             search_dirs=tuple(search_dirs),
+            subset=subset,
         )
         other = by_key.get(record.key)
         _require(
@@ -215,12 +217,14 @@ def _annotation_shape(ann: Any, order: int, src: str, images: dict, categories: 
     return shape
 
 
-def read_coco_file(json_path: Path, search_dirs: Sequence[Path]) -> Export:
+def read_coco_file(json_path: Path, search_dirs: Sequence[Path], subset: str = "") -> Export:
     """Read one COCO instances file.
 
     Args:
         json_path: The COCO JSON.
         search_dirs: Folders holding the pictures (tried in order).
+        subset: The CVAT subset the file holds (``instances_<subset>.json``): part of every
+            image's identity, so that ``a.png`` of ``Train`` and of ``Test`` stay two images.
 
     Raises:
         ConversionError: malformed structure or value types, unknown or duplicate image/category
@@ -240,7 +244,7 @@ def read_coco_file(json_path: Path, search_dirs: Sequence[Path]) -> Export:
     for key in ("images", "annotations", "categories"):
         _require(isinstance(data.get(key), list), f"{src}: not a COCO file (missing list '{key}')")
     categories, labels, supercategories = _read_categories(data, src)
-    images = _read_images(data, src, search_dirs)
+    images = _read_images(data, src, search_dirs, subset)
     for order, ann in enumerate(data["annotations"]):
         _annotation_shape(ann, order, src, images, categories)
     return Export(
@@ -248,15 +252,26 @@ def read_coco_file(json_path: Path, search_dirs: Sequence[Path]) -> Export:
     )
 
 
+def coco_subset(json_path: Path) -> str:
+    """The CVAT subset of ``instances_<subset>.json`` (``""`` for another file name)."""
+    stem = json_path.stem
+    return stem[len("instances_") :] if stem.startswith("instances_") else ""
+
+
 def read_coco_export(export_dir: Path, extra_image_dirs: Sequence[Path] = ()) -> list[Export]:
-    """Read a CVAT COCO 1.0 export folder (every ``annotations/instances_*.json`` subset)."""
+    """Read a CVAT COCO 1.0 export folder (every ``annotations/instances_<subset>.json``).
+
+    A task export has one subset (``default``, pictures in ``images/`` or ``images/default/``); a
+    project export has one file per subset (``instances_Train.json``...), pictures in
+    ``images/<subset>/``.
+    """
     files = sorted((export_dir / "annotations").glob("instances_*.json"))
     _require(bool(files), f"{export_dir}: no annotations/instances_*.json (not a CVAT COCO 1.0 export)")
     exports = []
     for json_path in files:
-        subset = json_path.stem[len("instances_") :]
+        subset = coco_subset(json_path)
         dirs = [export_dir / "images" / subset, export_dir / "images", *extra_image_dirs]
-        exports.append(read_coco_file(json_path, dirs))
+        exports.append(read_coco_file(json_path, dirs, subset))
     return exports
 
 

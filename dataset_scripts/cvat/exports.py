@@ -10,7 +10,7 @@ import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
-from dataset_scripts.cvat.coco import read_coco_export, read_coco_file, read_per_class_export
+from dataset_scripts.cvat.coco import coco_subset, read_coco_export, read_coco_file, read_per_class_export
 from dataset_scripts.cvat.records import ConversionError, Export, ImageRecord
 from dataset_scripts.cvat.xml import read_cvat_xml
 
@@ -18,8 +18,8 @@ from dataset_scripts.cvat.xml import read_cvat_xml
 def read_export(path: Path, extra_image_dirs: Sequence[Path] = ()) -> list[Export]:
     """Read one export, recognising its layout.
 
-    Layouts: ``annotations.xml`` (CVAT for images 1.1), ``annotations/instances_*.json``
-    (COCO 1.0), ``<class>/coco.json`` (one COCO file per class), or a ``.xml``/``.json`` file.
+    Layouts: ``annotations.xml`` (CVAT for images / for video 1.1, task or project),
+    ``annotations/instances_*.json`` (COCO 1.0, task or project), ``<class>/coco.json`` (one COCO file per class), or a ``.xml``/``.json`` file.
 
     Raises:
         ConversionError: the path does not exist or is no known layout, or the reader refuses it.
@@ -31,8 +31,11 @@ def read_export(path: Path, extra_image_dirs: Sequence[Path] = ()) -> list[Expor
         if path.suffix.lower() == ".xml":
             return [read_cvat_xml(path, extra_image_dirs)]
         if path.suffix.lower() == ".json":
+            subset = coco_subset(path)
             dirs = [path.parent / "images", path.parent.parent / "images", *extra_image_dirs]
-            return [read_coco_file(path, dirs)]
+            if subset:
+                dirs.insert(0, path.parent.parent / "images" / subset)
+            return [read_coco_file(path, dirs, subset)]
         raise ConversionError(f"{path}: expected an .xml or .json annotation file")
     if (path / "annotations.xml").is_file():
         return [read_cvat_xml(path / "annotations.xml", extra_image_dirs)]
