@@ -23,7 +23,7 @@ from PIL import Image
 from dataset_scripts.coco_panoptic import coco_panoptic_categories
 from dataset_scripts.stuff.cache import load_stuff_map
 from dataset_scripts.stuff.mapping import load_stuff_mapping
-from tests.hub_standin import WEIGHTS_NAME, network_blocked_env, save_hub_standin
+from tests.hub_standin import STANDIN_ARCHITECTURE, WEIGHTS_NAME, network_blocked_env, save_hub_standin
 from tests.train_runs import BIN, REPO_ROOT, TRAIN, sample_export_args, train_env
 
 DEFAULT_CONFIG = REPO_ROOT / "finetune" / "configs" / "default.yaml"
@@ -47,7 +47,10 @@ STUFF_ROWS = {i for i, c in coco_panoptic_categories().items() if not c.isthing}
 
 @pytest.fixture(scope="module")
 def standin(tmp_path_factory):
-    return save_hub_standin(tmp_path_factory.mktemp("hub") / "detr-resnet-50-panoptic")
+    """The stand-in with 10 queries instead of 100: a photo goes through the mask head at 800 px on every
+    query here (random weights, or all of them voting for row 199), which costs ~16 GB of RAM with 100."""
+    architecture = {**STANDIN_ARCHITECTURE, "num_queries": 10}
+    return save_hub_standin(tmp_path_factory.mktemp("hub") / "detr-resnet-50-panoptic", architecture=architecture)
 
 
 @pytest.fixture(scope="module")
@@ -69,11 +72,15 @@ def _run(cmd: list[str], folder, timeout: float = 900) -> subprocess.CompletedPr
 
 @pytest.fixture(scope="module")
 def wall_standin(standin, tmp_path_factory):
-    """The stand-in whose every query predicts row 199 (`LABEL_199` in its config: `wall-other-merged`)."""
+    """The stand-in that predicts row 199 (`LABEL_199` in its config: `wall-other-merged`) on every pixel."""
     biased = tmp_path_factory.mktemp("hub") / "wall"
     shutil.copytree(standin, biased)
     weights = torch.load(biased / WEIGHTS_NAME)
-    weights["detr.class_labels_classifier.bias"][199] = 20.0
+    # identical queries (decoder outputs, class scores and masks alike): every pixel goes to the first one
+    queries = weights["detr.model.query_position_embeddings.weight"]
+    queries[:] = queries[0]
+    weights["detr.class_labels_classifier.bias"][199] = 20.0  # ... which predicts row 199
+    weights["mask_head.out_lay.bias"] += 10.0  # ... over the whole picture
     torch.save(weights, biased / WEIGHTS_NAME)
     return biased
 
@@ -104,7 +111,7 @@ def test_predictor_and_pipeline_on_the_hub_layout(wall_standin, photos, no_netwo
     image = Image.open(next(photos.iterdir())).convert("RGB")
     [prediction] = predictor.predict([image])
     assert prediction.ids.shape == (image.height, image.width)
-    [segment] = prediction.segments  # the 100 queries of row 199 fused into one stuff segment
+    [segment] = prediction.segments  # the queries of row 199 fused into one stuff segment
     assert (segment["label_id"], segment["name"], segment["isthing"]) == (199, "wall-other-merged", False)
 
     # transformers' pipeline: runs offline on the legacy files, names from config.id2label, nothing fused
