@@ -190,6 +190,23 @@ def test_masks_loss_equals_full_forward_and_only_reaches_mask_head(make_tiny_det
         assert torch.allclose(grad, theirs[name], atol=1e-6, rtol=1e-4), name
 
 
+def test_bool_masks_give_the_float_masks_loss_and_gradients(make_tiny_detr_config):
+    """`PanopticCollator` ships bool masks (1 byte/pixel); the loss converts them on the device, exactly."""
+    grads, losses = [], []
+    for to_bool in (False, True):
+        model = make_model(make_tiny_detr_config).eval()
+        freeze_for_stage(model, "masks")
+        pixel_values, pixel_mask, labels = make_batch([3, 2], seed=4)
+        if to_bool:
+            labels = [{**target, "masks": target["masks"].bool()} for target in labels]
+        loss, _ = compute_stage_loss(model, "masks", pixel_values, pixel_mask, labels)
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    assert torch.equal(losses[0], losses[1])
+    assert grads[0].keys() == grads[1].keys() and all(torch.equal(grads[0][n], grads[1][n]) for n in grads[0])
+
+
 def test_masks_stage_matches_each_image_once_per_step(make_tiny_detr_config, monkeypatch):
     """One Hungarian matching per image and step (the final decoder layer's, for the mask loss): none for the
     detection loss of the frozen DETR, or for its auxiliary decoder layers."""

@@ -147,8 +147,8 @@ def compute_stage_loss(
         stage: `"detection"` (box-only losses of `model.detr`) or `"masks"` (panoptic loss, DETR frozen).
         pixel_values: (B, 3, H, W) float, normalised.
         pixel_mask: (B, H, W), 1 on real pixels and 0 on padding (None = no padding).
-        labels: per image `class_labels` (N,) int64, `boxes` (N, 4) normalised cxcywh, `masks` (N, H, W) float
-            (stage `masks`); N may be 0.
+        labels: per image `class_labels` (N,) int64, `boxes` (N, 4) normalised cxcywh, `masks` (N, H, W) bool
+            or float (stage `masks`; bool from `PanopticCollator`, converted on the device by the loss); N may be 0.
 
     Returns:
         `(loss, components)`: the weighted total (scalar, with grad) and its detached components: in stage
