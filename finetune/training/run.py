@@ -258,6 +258,8 @@ def build_run(config: TrainingConfig, accelerator: Accelerator, output_dir: Path
         batch_size=config.eval.eval_batch_size,
         num_workers=config.data.num_workers,
         collate_fn=collator,
+        # The same loader serves every evaluation: keep its workers instead of starting them each time.
+        persistent_workers=config.data.num_workers > 0,
     )
 
     def make_train_loader(batch_size: int) -> DataLoader:
