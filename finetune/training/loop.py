@@ -125,8 +125,8 @@ class _StepWindow:
     def neutralise_bad_gradients(self, params: list[torch.nn.Parameter]) -> None:
         """Zero the gradients of an accumulation cycle that saw a non-finite loss or norm, then start the next.
 
-        The run stops at the end of the logging interval; until then the weights must stay finite (a NaN
-        weight would make the next step's Hungarian matching raise in scipy instead of the clear error).
+        The run stops at the end of the logging interval; until then the weights must stay finite: one NaN
+        gradient step would make every later loss of the interval NaN as well (and the EMA of the weights).
         """
         bad = ~self.cycle_ok
         for p in params:
@@ -154,7 +154,7 @@ class _StepWindow:
         """
         last = [v.detach().float().reshape(()) for v in components.values()]
         bad = self.first_bad if self.first_bad is not None else self.loss_sum.new_zeros(3 + len(last))
-        local = torch.stack([self.loss_sum, self.loss_sum.new_tensor(float(self.batches)), *last])
+        local = torch.stack([self.loss_sum, torch.full_like(self.loss_sum, float(self.batches)), *last])
         rows = accelerator.gather(torch.cat([local, bad])[None]).tolist()  # (processes, 2 + 2C + 3)
         loss_sum, batches = sum(r[0] for r in rows), sum(r[1] for r in rows)
         means = [sum(r[2 + i] for r in rows) / len(rows) for i in range(len(last))]
