@@ -13,9 +13,10 @@ Rows (each a ratio of two paths timed in the same run, steps interleaved):
   without the ResNet stem and layer1; mask head frozen) with the same box-only loss. Ours:
   `compute_stage_loss(model, "detection", ...)`; tutorial: `model.detr(pixel_values, pixel_mask, labels)`.
   Equal work: the ratio is ~1 by design; it shows that our path adds no overhead.
-* `masks`: the same parameters (mask head + `bbox_attention`) with the same panoptic loss. Ours: the frozen
-  DETR under `no_grad` and the mask head on the matched queries only; tutorial: the full
-  `DetrForSegmentation(..., labels=...)` forward with `model.detr` frozen (requires_grad False).
+* `masks`: the same parameters (mask head + `bbox_attention`) with the same gradients. Ours: the frozen
+  DETR under `no_grad` without its box loss (constants), one matching per image, and the mask head on the
+  matched queries only; tutorial: the full `DetrForSegmentation(..., labels=...)` forward with `model.detr`
+  frozen (requires_grad False). (The figures below were measured before ours dropped the box loss.)
 * `skip-masks`: what stage 1 saves by not running the mask head at all. Ours: the detection step above;
   tutorial: the full panoptic step training everything, mask head included (what a one-stage
   fine-tuning does). Not equal work: this row measures skipped work, by design.

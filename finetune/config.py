@@ -181,8 +181,9 @@ class RunConfig:
     """`latest` (newest checkpoint in `output_dir/checkpoints`) or a checkpoint folder."""
     overwrite_output_dir: bool = False
     """Replace a previous run in `output_dir` (its converted `dataset/` is kept)."""
-    mixed_precision: str = "no"
-    """no, fp16, bf16 or fp8 (a GPU feature; `accelerate launch --mixed_precision` sets it too)."""
+    mixed_precision: str | None = None
+    """no, fp16, bf16 or fp8 (a GPU feature); null = the launcher's (`accelerate launch --mixed_precision`,
+    `accelerate config`; `no` without a launcher). A value set here wins over the launcher's."""
     gradient_accumulation_steps: int = 1
     """Batches per optimiser step."""
     save_every_epochs: int | None = None
@@ -312,9 +313,10 @@ class TrainingConfig:
                 "model.config_overrides must describe the DetrConfig when model_name_or_path is null"
             )
         check_config_overrides(self.model.config_overrides)
-        if self.run.mixed_precision not in MIXED_PRECISION_CHOICES:
+        if self.run.mixed_precision is not None and self.run.mixed_precision not in MIXED_PRECISION_CHOICES:
             raise ConfigError(
-                f"run.mixed_precision must be one of {list(MIXED_PRECISION_CHOICES)}, got {self.run.mixed_precision!r}"
+                f"run.mixed_precision must be one of {list(MIXED_PRECISION_CHOICES)} or null (the launcher's), "
+                f"got {self.run.mixed_precision!r}"
             )
         if self.run.gradient_accumulation_steps < 1:
             raise ConfigError("run.gradient_accumulation_steps must be >= 1")

@@ -109,7 +109,7 @@ def test_batch_shapes_padding_and_normalised_boxes(hf_split):
         assert pixel_mask[:h, :w].all() and pixel_mask.sum() == h * w
         assert (pixels[:, h:, :] == 0).all() and (pixels[:, :, w:] == 0).all()
         n = len(target["class_labels"])
-        assert labels["masks"].shape == (n, hp, wp) and labels["masks"].dtype == torch.float32
+        assert labels["masks"].shape == (n, hp, wp) and labels["masks"].dtype == torch.bool  # 1 byte/pixel
         assert labels["masks"][:, h:, :].sum() == 0 and labels["masks"][:, :, w:].sum() == 0
         assert torch.equal(labels["masks"][:, :h, :w].bool(), target["masks"])
         assert labels["boxes"].shape == (n, 4)

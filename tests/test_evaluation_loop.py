@@ -165,3 +165,84 @@ def test_selected_queries_evaluate_as_the_full_forward(sample_dataset, monkeypat
         np.testing.assert_array_equal(fast_ids, full_ids)
         assert fast_segments == full_segments
     assert sum(len(segments) for _, segments in scored[False]) > 0  # something to compare
+
+
+def _oracle_setup(sample_dataset):
+    categories = load_categories(sample_dataset)
+    split = sample_dataset["val"].select(range(4))
+    dataset = PanopticTrainingDataset(split, category_to_label_map(categories), build_eval_transforms(96, 128))
+    accelerator = Accelerator(cpu=True)
+    loader = DataLoader(shard_for_process(dataset, accelerator), batch_size=2, collate_fn=PanopticCollator())
+    context = EvalContext(
+        hf_split=split,
+        categories=categories,
+        image_processor=build_image_processor(96, 128),
+        stuff_label_ids={i for i, c in enumerate(categories) if not c["isthing"]},
+        threshold=0.5,
+        full_forward=True,
+    )
+    return OracleModel(list(loader), categories), loader, accelerator, context
+
+
+def test_ground_truth_is_read_without_decoding_the_photo(sample_dataset, monkeypatch):
+    import PIL.Image
+
+    from finetune.evaluation import loop
+
+    _, _, _, context = _oracle_setup(sample_dataset)
+    opened = []
+    real_open = PIL.Image.open
+
+    def counting_open(*args, **kwargs):
+        image = real_open(*args, **kwargs)
+        opened.append(image.size)
+        return image
+
+    monkeypatch.setattr(PIL.Image, "open", counting_open)
+    image_id = int(context.hf_split[0]["image_id"])
+    opened.clear()
+    gt_ids, segments = loop._ground_truth(context, image_id)
+    assert len(opened) == 1  # the panoptic PNG only
+    assert gt_ids.shape == opened[0][::-1] and segments
+
+
+def test_only_model_inputs_go_to_the_device_and_scoring_runs_in_the_background(sample_dataset, monkeypatch):
+    """Targets (full-size masks) stay on the host; the PQ/box statistics are computed on a scoring thread,
+    in image order (the oracle still scores as in `test_oracle_predictions_score_perfectly`)."""
+    import threading
+
+    from finetune.evaluation import loop
+    from finetune.evaluation.panoptic_quality import PQAccumulator
+
+    model, loader, accelerator, context = _oracle_setup(sample_dataset)
+    sent, threads, order = [], [], []
+    real_send, real_update = loop.send_to_device, PQAccumulator.update
+
+    def recording_send(batch, device):
+        sent.append(set(batch))
+        return real_send(batch, device)
+
+    def spy(self, *args, image_id, **kwargs):
+        threads.append(threading.current_thread())
+        order.append(image_id)
+        return real_update(self, *args, image_id=image_id, **kwargs)
+
+    monkeypatch.setattr(loop, "send_to_device", recording_send)
+    monkeypatch.setattr(PQAccumulator, "update", spy)
+    results = evaluate(model, loader, accelerator, context, panoptic=True)
+    assert sent == [{"pixel_values", "pixel_mask"}] * 2
+    assert threads and all(t is not threading.main_thread() for t in threads)
+    assert order == [int(i) for i in context.hf_split["image_id"]]
+    assert results["num_images"] == 4 and results["pq"] > 0.85
+
+
+def test_the_evaluation_loader_keeps_its_workers(tmp_path, fresh_accelerate_state):
+    from finetune.config import parse_config
+    from finetune.training.run import build_run, setup_accelerator
+    from tests.train_runs import CI_CONFIG
+
+    config = parse_config(
+        ["--config", str(CI_CONFIG), "--output_dir", str(tmp_path), "--num_workers", "1", *sample_export_args(tmp_path)]
+    )
+    parts = build_run(config, setup_accelerator(config), tmp_path)
+    assert parts.session.eval_loader.persistent_workers

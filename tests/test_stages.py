@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from transformers import DetrForSegmentation
+from transformers.loss import loss_for_object_detection
 
 from finetune.config import STAGE_NAMES
 from finetune.modeling.stages import (
@@ -171,19 +172,57 @@ def test_masks_loss_equals_full_forward_and_only_reaches_mask_head(make_tiny_det
     reference.loss.backward()
     theirs = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
 
-    assert torch.allclose(loss, reference.loss, atol=1e-5, rtol=1e-5)
-    assert set(components) == set(reference.loss_dict)
-    assert {"loss_mask", "loss_dice", "loss_ce_0"} <= set(
-        components
-    )  # mask losses + auxiliary decoder losses
-    for key, value in reference.loss_dict.items():
-        assert torch.allclose(components[key], value, atol=1e-5, rtol=1e-5), key
-        assert not components[key].requires_grad
+    # The class/box terms of the full loss are constants here: the stage's loss is the weighted mask losses.
+    config = model.config
+    expected = (
+        config.mask_loss_coefficient * reference.loss_dict["loss_mask"]
+        + config.dice_loss_coefficient * reference.loss_dict["loss_dice"]
+    )
+    assert torch.allclose(loss, expected, atol=1e-5, rtol=1e-5)
+    assert set(components) == {"loss_mask", "loss_dice"}
+    for key, value in components.items():
+        assert torch.allclose(value, reference.loss_dict[key], atol=1e-5, rtol=1e-5), key
+        assert not value.requires_grad
     assert set(ours) == set(theirs)
     assert ours and all(n.startswith(MASK_PREFIXES) for n in ours)
     assert len(ours) == sum(1 for n, _ in model.named_parameters() if n.startswith(MASK_PREFIXES))
     for name, grad in ours.items():
         assert torch.allclose(grad, theirs[name], atol=1e-6, rtol=1e-4), name
+
+
+def test_bool_masks_give_the_float_masks_loss_and_gradients(make_tiny_detr_config):
+    """`PanopticCollator` ships bool masks (1 byte/pixel); the loss converts them on the device, exactly."""
+    grads, losses = [], []
+    for to_bool in (False, True):
+        model = make_model(make_tiny_detr_config).eval()
+        freeze_for_stage(model, "masks")
+        pixel_values, pixel_mask, labels = make_batch([3, 2], seed=4)
+        if to_bool:
+            labels = [{**target, "masks": target["masks"].bool()} for target in labels]
+        loss, _ = compute_stage_loss(model, "masks", pixel_values, pixel_mask, labels)
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    assert torch.equal(losses[0], losses[1])
+    assert grads[0].keys() == grads[1].keys() and all(torch.equal(grads[0][n], grads[1][n]) for n in grads[0])
+
+
+def test_masks_stage_matches_each_image_once_per_step(make_tiny_detr_config, monkeypatch):
+    """One Hungarian matching per image and step (the final decoder layer's, for the mask loss): none for the
+    detection loss of the frozen DETR, or for its auxiliary decoder layers."""
+    model = make_model(make_tiny_detr_config)  # auxiliary_loss, 2 decoder layers
+    assert model.config.auxiliary_loss and model.config.decoder_layers == 2
+    matchings = []
+    original = loss_for_object_detection.linear_sum_assignment  # one call per image of a batch
+
+    def counted(cost):
+        matchings.append(cost.shape)
+        return original(cost)
+
+    monkeypatch.setattr(loss_for_object_detection, "linear_sum_assignment", counted)
+    steps, images = 3, 2
+    train_steps(model, "masks", steps=steps)
+    assert len(matchings) / (steps * images) <= 1.05, len(matchings)
 
 
 def test_detection_loss_is_detr_box_loss_with_auxiliary_terms(make_tiny_detr_config):

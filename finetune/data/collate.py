@@ -26,13 +26,14 @@ class PanopticCollator:
     Args:
         image_mean: Per-channel mean (RGB, in [0, 1]); ImageNet's by default, like the processor.
         image_std: Per-channel std.
-        mask_dtype: dtype of the padded target masks (float32 by default; bool works with the
-            transformers DETR loss too and is 4x smaller).
+        mask_dtype: dtype of the padded target masks: bool by default, 1 byte per pixel (float32 would be 4
+            through the worker IPC, pinning and the host-to-device copy of every batch); the mask loss
+            (transformers' `ImageLoss.loss_masks`) converts them to the prediction's dtype on the device.
 
     Returns (from ``__call__``):
         ``pixel_values`` ``(B, 3, Hp, Wp)`` float32, ``pixel_mask`` ``(B, Hp, Wp)`` int64 (1 = image,
         0 = padding) and ``labels``: one dict per image with ``class_labels`` ``(N,)`` int64,
-        ``boxes`` ``(N, 4)`` float32 normalised cxcywh, ``masks`` ``(N, Hp, Wp)`` (zero in the
+        ``boxes`` ``(N, 4)`` float32 normalised cxcywh, ``masks`` ``(N, Hp, Wp)`` ``mask_dtype`` (zero/False in the
         padding), ``image_id`` ``(1,)``, ``orig_size`` ``(2,)`` and ``size`` ``(2,)`` (unpadded
         ``height, width`` after the transforms) int64.
     """
@@ -41,7 +42,7 @@ class PanopticCollator:
         self,
         image_mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
         image_std: Sequence[float] = IMAGENET_DEFAULT_STD,
-        mask_dtype: torch.dtype = torch.float32,
+        mask_dtype: torch.dtype = torch.bool,
     ) -> None:
         # Same fused arithmetic as the processor's rescale_and_normalize: (x - 255 mean) / (255 std).
         self.mean = torch.tensor(image_mean, dtype=torch.float32).view(3, 1, 1) * 255.0

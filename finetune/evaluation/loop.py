@@ -12,6 +12,7 @@ They come from the inference core (`finetune.inference.core.predict_batch`), as 
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +56,8 @@ class EvalContext:
 
     def __post_init__(self) -> None:
         self.row_of_image = {int(image_id): i for i, image_id in enumerate(self.hf_split["image_id"])}
+        # The ground truth columns only: reading a whole row would decode its full-size photo as well.
+        self.ground_truth_rows = self.hf_split.select_columns(["panoptic", "segments_info"])
 
     @property
     def postprocessing(self) -> PostProcessing:
@@ -73,7 +76,7 @@ def shard_for_process(dataset: Any, accelerator: Accelerator) -> Subset:
 
 
 def _ground_truth(context: EvalContext, image_id: int) -> tuple[np.ndarray, list[dict]]:
-    row = context.hf_split[context.row_of_image[image_id]]
+    row = context.ground_truth_rows[context.row_of_image[image_id]]
     return rgb2id(np.asarray(row["panoptic"].convert("RGB"))), list(row["segments_info"])
 
 
@@ -105,42 +108,69 @@ def evaluate(
     model.eval()
     boxes = BoxMapAccumulator(context.categories)
     pq = PQAccumulator(context.categories) if panoptic else None
-    for batch in loader:
-        batch = send_to_device(batch, accelerator.device)
-        sizes = [tuple(int(v) for v in target["orig_size"].tolist()) for target in batch["labels"]]
-        with accelerator.autocast():
-            output = predict_batch(
-                model,
-                context.image_processor,
-                batch["pixel_values"],
-                batch["pixel_mask"],
-                sizes,
-                context.postprocessing,
-                full_forward=context.full_forward,
-                masks=panoptic,
-            )
-        for i, target in enumerate(batch["labels"]):
-            image_id = int(target["image_id"].item())
-            gt_ids, gt_segments = _ground_truth(context, image_id)
-            update_box_map(
-                boxes,
-                context.image_processor,
-                output.logits[i],
-                output.pred_boxes[i],
-                image_id,
-                sizes[i],
-                gt_segments,
-                to_category,
-            )
-            if pq is not None:
-                prediction = output.predictions[i]
-                pred_segments = [
-                    {"id": s["id"], "category_id": to_category[s["label_id"]]} for s in prediction.segments
-                ]
-                pq.update(prediction.ids, pred_segments, gt_ids, gt_segments, image_id=image_id)
+    # Scoring (PNG decode of the ground truth, box mAP and PQ statistics) runs on one background thread while
+    # the device predicts the next batch. One worker, jobs in submission order: the accumulators see the images
+    # in the order a serial loop would, so the results are identical.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="eval-scoring") as scoring:
+        previous: list[Future] = []
+        for batch in loader:
+            # Only the model's inputs go to the device: the targets (full-resolution masks included) stay on
+            # the host, and the ground truth comes from the panoptic PNGs (`_ground_truth`).
+            inputs = send_to_device({k: batch[k] for k in ("pixel_values", "pixel_mask")}, accelerator.device)
+            sizes = [tuple(int(v) for v in target["orig_size"].tolist()) for target in batch["labels"]]
+            with accelerator.autocast():
+                output = predict_batch(
+                    model,
+                    context.image_processor,
+                    inputs["pixel_values"],
+                    inputs["pixel_mask"],
+                    sizes,
+                    context.postprocessing,
+                    full_forward=context.full_forward,
+                    masks=panoptic,
+                )
+            current = [
+                scoring.submit(
+                    _score_image,
+                    context,
+                    boxes,
+                    pq,
+                    to_category,
+                    int(target["image_id"].item()),
+                    sizes[i],
+                    output.logits[i],
+                    output.pred_boxes[i],
+                    output.predictions[i] if pq is not None else None,
+                )
+                for i, target in enumerate(batch["labels"])
+            ]
+            for job in previous:  # at most two batches in flight; re-raises a scoring error here
+                job.result()
+            previous = current
+        for job in previous:
+            job.result()
     if was_training:
         model.train()
     return _merge_and_compute(accelerator, context, boxes, pq)
+
+
+def _score_image(
+    context: EvalContext,
+    boxes: BoxMapAccumulator,
+    pq: PQAccumulator | None,
+    to_category: dict[int, int],
+    image_id: int,
+    size: tuple[int, int],
+    logits: torch.Tensor,
+    pred_boxes: torch.Tensor,
+    prediction: Any,
+) -> None:
+    """Add one image to the accumulators: box mAP always, PQ with `pq` (`prediction`: its panoptic prediction)."""
+    gt_ids, gt_segments = _ground_truth(context, image_id)
+    update_box_map(boxes, context.image_processor, logits, pred_boxes, image_id, size, gt_segments, to_category)
+    if pq is not None:
+        pred_segments = [{"id": s["id"], "category_id": to_category[s["label_id"]]} for s in prediction.segments]
+        pq.update(prediction.ids, pred_segments, gt_ids, gt_segments, image_id=image_id)
 
 
 def _merge_and_compute(

@@ -2,11 +2,17 @@
 
 Stage `detection` trains `model.detr` (backbone layer2-4, input projection, transformer, query embeddings,
 class and box heads) with the box-only losses; `mask_head` and `bbox_attention` are frozen.
-Stage `masks` freezes `model.detr` and trains `bbox_attention` + `mask_head` with the panoptic loss
-(class, L1, GIoU on the frozen predictions, plus focal and dice on the masks), as in the DETR paper.
+Stage `masks` freezes `model.detr` and trains `bbox_attention` + `mask_head` with the mask losses (focal and
+dice on the masks of the queries matched to the targets), as in the DETR paper.
 
-Two choices in stage `masks`, both exact with respect to the loss and gradients of the full
+Three choices in stage `masks`, all exact with respect to the gradients of the full
 `DetrForSegmentation(..., labels=...)` forward with the same weights in eval mode:
+
+* The class, L1 and GIoU terms of the full panoptic loss (and their auxiliary per-decoder-layer copies) only
+  depend on the frozen DETR: they are constants with no gradient, so they are not computed. That saves a
+  Hungarian matching (scipy, on the host) per decoder layer and image on every step; one matching per image
+  remains, of the final layer, which the mask loss needs. The loss of this stage (logged and returned) is
+  `mask_loss_coefficient * loss_mask + dice_loss_coefficient * loss_dice`, not the full panoptic loss.
 
 * The frozen DETR runs under `torch.no_grad()` and in `eval()` mode. No autograd graph is kept for the
   backbone and transformer, and their dropout is off: the mask head learns on the same encoder memory and object
@@ -141,13 +147,13 @@ def compute_stage_loss(
         stage: `"detection"` (box-only losses of `model.detr`) or `"masks"` (panoptic loss, DETR frozen).
         pixel_values: (B, 3, H, W) float, normalised.
         pixel_mask: (B, H, W), 1 on real pixels and 0 on padding (None = no padding).
-        labels: per image `class_labels` (N,) int64, `boxes` (N, 4) normalised cxcywh, `masks` (N, H, W) float
-            (stage `masks`); N may be 0.
+        labels: per image `class_labels` (N,) int64, `boxes` (N, 4) normalised cxcywh, `masks` (N, H, W) bool
+            or float (stage `masks`; bool from `PanopticCollator`, converted on the device by the loss); N may be 0.
 
     Returns:
-        `(loss, components)`: the weighted total (scalar, with grad) and the detached components of
-        `loss_dict` (`loss_ce`, `loss_bbox`, `loss_giou`, `cardinality_error`, per-layer `_i` auxiliary losses,
-        plus `loss_mask` and `loss_dice` in stage `masks`).
+        `(loss, components)`: the weighted total (scalar, with grad) and its detached components: in stage
+        `detection` DETR's `loss_dict` (`loss_ce`, `loss_bbox`, `loss_giou`, `cardinality_error`, per-layer `_i`
+        auxiliary losses), in stage `masks` `loss_mask` and `loss_dice` only (the box terms are constants there).
     """
     _check_stage(stage)
     loss_fn = _detection_loss if stage == "detection" else _masks_loss
@@ -184,18 +190,22 @@ def _detection_loss(
 def _masks_loss(
     model: DetrForSegmentation, pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None, labels: Labels
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Full panoptic loss; gradients reach `bbox_attention` and `mask_head` only (see the module docstring)."""
+    """The mask losses (focal + dice, weighted); gradients reach `bbox_attention` and `mask_head` only.
+
+    See the module docstring: the class and box terms of the full panoptic loss are constants here, so they
+    are neither computed nor part of the returned loss.
+    """
     config = model.config
     detr = model.detr
-    # 1. Frozen DETR, no graph. Its own loss gives the class/box terms (constants here); the hooks keep the
-    #    backbone feature maps (B, C_i, H/4..H/32, W/4..W/32) and the projected Res5 map (B, d, H/32, W/32).
+    # 1. Frozen DETR, no graph and no loss (see the module docstring); the hooks keep the backbone feature maps
+    #    (B, C_i, H/4..H/32, W/4..W/32) and the projected Res5 map (B, d, H/32, W/32).
     with (
         torch.no_grad(),
         _eval_mode(detr),
         _captured_output(detr.model.backbone) as backbone,
         _captured_output(detr.model.input_projection) as projection,
     ):
-        detection = detr(pixel_values=pixel_values, pixel_mask=pixel_mask, labels=labels)
+        detection = detr(pixel_values=pixel_values, pixel_mask=pixel_mask)
     feature_maps = backbone["output"]  # [(feature_map, mask)] at strides 4, 8, 16, 32
     projected = projection["output"]
     batch_size, d_model, height, width = projected.shape
@@ -207,7 +217,8 @@ def _masks_loss(
     # 2. Attention of each object embedding over the encoder memory: (B, Q, heads, H/32, W/32).
     attention_maps = model.bbox_attention(detection.last_hidden_state, memory, attention_mask=attention_bias)
 
-    # 3. Matching (class + box costs of the frozen predictions), then the mask head on matched queries only.
+    # 3. Matching (class + box costs of the frozen predictions; the final decoder layer's, the one the mask
+    #    loss reads), then the mask head on matched queries only.
     matcher = HungarianMatcher(
         class_cost=config.class_cost, bbox_cost=config.bbox_cost, giou_cost=config.giou_cost
     )
@@ -239,11 +250,10 @@ def _masks_loss(
         {"logits": detection.logits, "pred_boxes": detection.pred_boxes, "pred_masks": pred_masks}, labels
     )
     loss = (
-        detection.loss
-        + config.mask_loss_coefficient * mask_losses["loss_mask"]
+        config.mask_loss_coefficient * mask_losses["loss_mask"]
         + config.dice_loss_coefficient * mask_losses["loss_dice"]
     )
-    return loss, {**detection.loss_dict, **mask_losses}
+    return loss, mask_losses
 
 
 class _FixedMatcher(torch.nn.Module):

@@ -88,6 +88,84 @@ class RunSession:
     stage_runtime: dict[str, float] = field(default_factory=dict)
 
 
+class _StepWindow:
+    """The steps since the last log, kept on the device: read with one host sync per logging interval.
+
+    Per micro-batch it adds the loss to a running sum, and keeps the first non-finite loss (or, with
+    `check_gradients`, gradient norm) of the interval as a vector `[step, kind, loss, *components]` (step 0:
+    none yet). Reading `.item()` of each loss instead would wait for the device on every step.
+    """
+
+    LOSS, GRADIENT = 1.0, 2.0
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.loss_sum = torch.zeros((), device=device)
+        self.batches = 0
+        self.first_bad: torch.Tensor | None = None  # (3 + number of components,) float32
+        self.cycle_ok = torch.ones((), dtype=torch.bool, device=device)  # the accumulation cycle so far
+
+    def add(self, loss: torch.Tensor, components: dict[str, torch.Tensor], step: int) -> None:
+        """Record one micro-batch of optimiser step `step` (1-based, global)."""
+        loss = loss.detach().float()
+        self.loss_sum += loss
+        self.batches += 1
+        finite = torch.isfinite(loss)
+        self.cycle_ok &= finite
+        self._remember_first_bad(finite, self.LOSS, loss, components, step)
+
+    def gradient_checked(
+        self, norm: torch.Tensor, loss: torch.Tensor, components: dict[str, torch.Tensor], step: int
+    ) -> None:
+        """Record the (all-reduced, so identical on every process) gradient norm of optimiser step `step`."""
+        finite = torch.isfinite(norm.detach().float())
+        self.cycle_ok &= finite
+        self._remember_first_bad(finite, self.GRADIENT, loss.detach().float(), components, step)
+
+    def neutralise_bad_gradients(self, params: list[torch.nn.Parameter]) -> None:
+        """Zero the gradients of an accumulation cycle that saw a non-finite loss or norm, then start the next.
+
+        The run stops at the end of the logging interval; until then the weights must stay finite: one NaN
+        gradient step would make every later loss of the interval NaN as well (and the EMA of the weights).
+        """
+        bad = ~self.cycle_ok
+        for p in params:
+            if p.grad is not None:
+                p.grad.masked_fill_(bad, 0.0)
+        self.cycle_ok = torch.ones((), dtype=torch.bool, device=self.device)
+
+    def _remember_first_bad(
+        self, finite: torch.Tensor, kind: float, loss: torch.Tensor, components: dict[str, torch.Tensor], step: int
+    ) -> None:
+        # full_like: filled on the device (a tensor from a Python number would be a host-to-device copy)
+        values = [torch.full_like(loss, float(step)), torch.full_like(loss, kind), loss]
+        vector = torch.stack(values + [v.detach().float().reshape(()) for v in components.values()])
+        if self.first_bad is None:
+            self.first_bad = torch.zeros_like(vector)
+        newly_bad = ~finite & (self.first_bad[0] == 0)
+        self.first_bad = torch.where(newly_bad, vector, self.first_bad)
+
+    def read(
+        self, accelerator: Accelerator, components: dict[str, torch.Tensor]
+    ) -> tuple[float, dict[str, float], list[float] | None]:
+        """One host sync (gathered over processes): (mean loss, mean components, first bad vector or None).
+
+        Every process calls it at the same steps (a collective), so all of them stop at the same step.
+        """
+        last = [v.detach().float().reshape(()) for v in components.values()]
+        bad = self.first_bad if self.first_bad is not None else self.loss_sum.new_zeros(3 + len(last))
+        local = torch.stack([self.loss_sum, torch.full_like(self.loss_sum, float(self.batches)), *last])
+        rows = accelerator.gather(torch.cat([local, bad])[None]).tolist()  # (processes, 2 + 2C + 3)
+        loss_sum, batches = sum(r[0] for r in rows), sum(r[1] for r in rows)
+        means = [sum(r[2 + i] for r in rows) / len(rows) for i in range(len(last))]
+        bad_rows = [r[2 + len(last) :] for r in rows if r[2 + len(last)] > 0]
+        first_bad = min(bad_rows, key=lambda r: r[0]) if bad_rows else None
+        self.loss_sum = torch.zeros((), device=self.device)
+        self.batches = 0
+        self.first_bad = None
+        return loss_sum / max(batches, 1), dict(zip(components, means, strict=True)), first_bad
+
+
 def build_optimizer(
     model: torch.nn.Module, stage: str, stage_cfg: StageConfig, fused: bool = False
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
@@ -136,12 +214,18 @@ def train_one_epoch(
         (global step after the epoch, mean training loss over all processes).
 
     Raises:
-        NonFiniteLossError: a loss on any process is NaN/inf (checked on every process, so all stop together).
+        NonFiniteLossError: a loss on any process (or, with `check_gradients`, the gradient norm) was NaN/inf.
+            Detected on the device and read at each logging step and at the end of the epoch (one host sync
+            per logging interval, gathered over processes so that all stop together): the run stops at the
+            end of the bad step's logging interval, naming that step; the gradients of the bad step are
+            zeroed so that the weights stay finite until then.
     """
     model.train()
     params = [p for group in optimizer.param_groups for p in group["params"]]
     progress = progress if progress is not None else tqdm(disable=True)
-    window, total_loss, batches = [], torch.zeros((), device=accelerator.device), 0
+    total_loss, batches = torch.zeros((), device=accelerator.device), 0
+    window = _StepWindow(accelerator.device)
+    components: dict[str, torch.Tensor] = {}
     for batch in loader:
         with accelerator.accumulate(model):
             with accelerator.autocast():
@@ -150,63 +234,77 @@ def train_one_epoch(
                 )
             if nan_at_step is not None and global_step + 1 == nan_at_step:
                 loss = loss * float("nan")
-            _check_finite(loss, components, accelerator, stage, epoch, global_step + 1)
+            window.add(loss, components, global_step + 1)
             accelerator.backward(loss)
             check = check_gradients and accelerator.mixed_precision != "fp16"
-            if accelerator.sync_gradients and (max_grad_norm is not None or check):
-                norm = accelerator.clip_grad_norm_(params, max_grad_norm if max_grad_norm else math.inf)
-                if check:
-                    _check_finite_gradient(norm, loss, stage, epoch, global_step + 1)
+            if accelerator.sync_gradients:
+                if max_grad_norm is not None or check:
+                    norm = accelerator.clip_grad_norm_(params, max_grad_norm if max_grad_norm else math.inf)
+                    if check and norm is not None:
+                        window.gradient_checked(norm, loss, components, global_step + 1)
+                window.neutralise_bad_gradients(params)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         total_loss += loss.detach().float()
         batches += 1
-        window.append(loss.item())
         progress.update(1)
         if accelerator.sync_gradients:
             global_step += 1
             if after_step is not None:
                 after_step()
             if global_step % logging_steps == 0:
-                record = {"type": "train", "stage": stage, "epoch": epoch, "step": global_step}
-                record["loss"] = sum(window) / len(window)
-                record.update({k: float(v) for k, v in components.items()})
-                record["lr"] = optimizer.param_groups[0]["lr"]
-                metrics.log(record)
+                record = _log_window(window, components, accelerator, stage, epoch, global_step, optimizer, metrics)
                 progress.set_postfix({"step": global_step, "loss": f"{record['loss']:.3f}", "lr": f"{record['lr']:.2g}"})
-                window = []
             _kill_if_requested(global_step)
+    if window.batches:  # the steps after the last log: checked before the epoch counts as done
+        _log_window(window, components, accelerator, stage, epoch, global_step, optimizer, None)
     mean_loss = accelerator.reduce(total_loss / max(batches, 1), reduction="mean")
     return global_step, float(mean_loss)
+
+
+def _log_window(
+    window: _StepWindow,
+    components: dict[str, torch.Tensor],
+    accelerator: Accelerator,
+    stage: str,
+    epoch: int,
+    step: int,
+    optimizer: torch.optim.Optimizer,
+    metrics: MetricsLogger | None,
+) -> dict[str, Any]:
+    """Read the window (the interval's one host sync), stop on a non-finite step, log the record (if `metrics`).
+
+    Raises:
+        NonFiniteLossError: naming the interval's first non-finite step (its loss and components).
+    """
+    loss, means, first_bad = window.read(accelerator, components)
+    if first_bad is not None:
+        bad_step, kind, bad_loss, *values = first_bad
+        parts = ", ".join(
+            f"{k}={v:.4g}" for k, v in zip(components, values, strict=True) if not k.endswith(tuple("0123456789"))
+        )
+        if kind == _StepWindow.GRADIENT:
+            raise NonFiniteLossError(
+                f"non-finite gradient norm in stage '{stage}', epoch {epoch + 1}, step {int(bad_step)} "
+                f"with a finite loss ({bad_loss:.4g}). Training stopped; the last good checkpoint is kept in "
+                "checkpoints/ (a trained random backbone under frozen BatchNorm does this: set backbone_lr 0)."
+            )
+        raise NonFiniteLossError(
+            f"non-finite training loss in stage '{stage}', epoch {epoch + 1}, step {int(bad_step)} "
+            f"(loss={bad_loss}; {parts}). Training stopped; the last good checkpoint is kept in "
+            "checkpoints/ (try a lower lr, max_grad_norm, or mixed_precision no)."
+        )
+    record = {"type": "train", "stage": stage, "epoch": epoch, "step": step, "loss": loss, **means}
+    record["lr"] = optimizer.param_groups[0]["lr"]
+    if metrics is not None:
+        metrics.log(record)
+    return record
 
 
 def _kill_if_requested(global_step: int) -> None:
     """The test hook of the module docstring: SIGKILL this process after step `DETR_PANOPTIC_KILL_AT_STEP`."""
     if os.environ.get(KILL_AT_STEP_ENV) == str(global_step):
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _check_finite(loss, components, accelerator: Accelerator, stage: str, epoch: int, step: int) -> None:
-    bad = torch.tensor([0.0 if torch.isfinite(loss).item() else 1.0], device=accelerator.device)
-    if accelerator.reduce(bad, reduction="sum").item() > 0:
-        parts = ", ".join(
-            f"{k}={float(v):.4g}" for k, v in components.items() if not k.endswith(tuple("0123456789"))
-        )
-        raise NonFiniteLossError(
-            f"non-finite training loss in stage '{stage}', epoch {epoch + 1}, step {step} "
-            f"(loss={loss.item()}; {parts}). Training stopped; the last good checkpoint is kept in "
-            "checkpoints/ (try a lower lr, max_grad_norm, or mixed_precision no)."
-        )
-
-
-def _check_finite_gradient(norm, loss, stage: str, epoch: int, step: int) -> None:
-    """Gradients are all-reduced before clipping, so every process sees the same norm and stops together."""
-    if norm is not None and not math.isfinite(float(norm)):
-        raise NonFiniteLossError(
-            f"non-finite gradient norm ({float(norm)}) in stage '{stage}', epoch {epoch + 1}, step {step} "
-            f"with a finite loss ({loss.item():.4g}). Training stopped; the last good checkpoint is kept in "
-            "checkpoints/ (a trained random backbone under frozen BatchNorm does this: set backbone_lr 0)."
-        )
 
 
 def _should_evaluate(epoch: int, epochs: int, every: int) -> bool:

@@ -117,7 +117,12 @@ def _multi_process_without_accelerator() -> bool:
 
 
 def setup_accelerator(config: TrainingConfig) -> Accelerator:
-    """Accelerator with the run's precision, accumulation and trackers (StepLR is stepped per epoch)."""
+    """Accelerator with the run's precision, accumulation and trackers (StepLR is stepped per epoch).
+
+    `run.mixed_precision` null passes None, so that Accelerate reads the launcher's setting
+    (`ACCELERATE_MIXED_PRECISION`, set by `accelerate launch --mixed_precision` or `accelerate config`);
+    a value given to `Accelerator` overrides the launcher's, so only an explicit config value is passed.
+    """
     return Accelerator(
         cpu=_multi_process_without_accelerator(),
         mixed_precision=config.run.mixed_precision,
@@ -126,6 +131,17 @@ def setup_accelerator(config: TrainingConfig) -> Accelerator:
         project_dir=config.run.output_dir,
         step_scheduler_with_optimizer=False,
     )
+
+
+def effective_mixed_precision(accelerator: Accelerator) -> str:
+    """The precision the run really trains in: Accelerate ignores fp16 on a CPU (no autocast, no gradient scaler).
+
+    Returns `accelerator.mixed_precision` (`no`, `fp16`, `bf16`, `fp8`), or `no` for fp16 without AMP.
+    """
+    precision = str(accelerator.mixed_precision)
+    if precision == "fp16" and not accelerator.native_amp:
+        return "no"
+    return precision
 
 
 def prepare_output_dir(config: TrainingConfig, accelerator: Accelerator) -> Path:
@@ -242,6 +258,8 @@ def build_run(config: TrainingConfig, accelerator: Accelerator, output_dir: Path
         batch_size=config.eval.eval_batch_size,
         num_workers=config.data.num_workers,
         collate_fn=collator,
+        # The same loader serves every evaluation: keep its workers instead of starting them each time.
+        persistent_workers=config.data.num_workers > 0,
     )
 
     def make_train_loader(batch_size: int) -> DataLoader:
@@ -387,7 +405,7 @@ def save_final(
                 config,
                 accelerator.device,
                 accelerator.num_processes,
-                str(accelerator.mixed_precision),
+                effective_mixed_precision(accelerator),
                 parts.session.stage_runtime,
                 parts.train_samples,
                 len(parts.eval_split),
@@ -445,6 +463,11 @@ def run(config: TrainingConfig) -> int:
     apply_speed_settings(config.trainer)  # threads, denormals: before torch starts working
     accelerator = setup_accelerator(config)
     setup_logging(accelerator)
+    if effective_mixed_precision(accelerator) != accelerator.mixed_precision:
+        logger.warning(
+            f"mixed precision {accelerator.mixed_precision} is not available on {accelerator.device.type} "
+            "(Accelerate runs fp16 only on GPUs): training in fp32; bf16 works on CPU"
+        )
     try:
         train(config, accelerator)
     except USER_ERRORS as err:
