@@ -65,7 +65,12 @@ def test_final_folder(ci_run):
     facts = json.loads((final / "train_results.json").read_text())
     assert facts["started_from"]["kind"] == "random_init" and facts["started_from"]["name"] is None
     assert facts["num_processes"] == 1 and facts["mixed_precision"] == "no" and facts["hardware"]
-    assert set(facts["stage_runtime"]) == {"detection", "masks"} and facts["train_runtime"] > 0
+    assert list(facts["stages"]) == ["detection", "masks"]  # ci.yaml: 1 epoch each, evaluated
+    for record in facts["stages"].values():
+        assert record["epochs"] == record["planned_epochs"] == 1 and record["stopped_early"] is False
+        assert record["train_seconds"] > 0 and record["eval_seconds"] > 0
+    assert facts["train_runtime"] == round(sum(r["train_seconds"] for r in facts["stages"].values()), 1)
+    assert facts["eval_runtime"] == round(sum(r["eval_seconds"] for r in facts["stages"].values()), 1)
     assert facts["train_samples"] == 8 and facts["eval_samples"] == 4  # ci.yaml's max_*_samples
     # One file mode for the whole folder (safetensors alone used to be 0600), what `open` gives.
     umask = os.umask(0)
