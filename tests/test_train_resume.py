@@ -113,6 +113,19 @@ def _truncate(path: Path) -> None:
     path.write_bytes(data[: len(data) // 2])
 
 
+def _flip_a_byte(path: Path) -> None:
+    """Damage in the middle of the file: the length and the zip directory stay right, a record's CRC does not."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _add_truncated(path: Path, state: dict) -> None:
+    """A file that `save_state` writes only for some runs (the EMA's state, the fp16 scaler), damaged."""
+    torch.save(state, path)
+    _truncate(path)
+
+
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
@@ -120,6 +133,14 @@ def _truncate(path: Path) -> None:
         (lambda c: (c / "optimizer.bin").unlink(), "optimizer.bin is missing (not a complete checkpoint)"),
         (lambda c: _truncate(c / "optimizer.bin"), "optimizer.bin is truncated or corrupt"),
         (lambda c: (c / "trainer_state.json").write_text("{"), "trainer_state.json is unreadable"),
+        (lambda c: _truncate(c / "random_states_0.pkl"), "random_states_0.pkl is truncated or corrupt"),
+        (lambda c: _flip_a_byte(c / "random_states_0.pkl"), "random_states_0.pkl is truncated or corrupt (bad CRC"),
+        (lambda c: (c / "random_states_0.pkl").unlink(), "random_states_*.pkl is missing (not a complete checkpoint)"),
+        (
+            lambda c: _add_truncated(c / "custom_checkpoint_0.pkl", {"updates": 3, "shadow": {"w": torch.ones(999)}}),
+            "custom_checkpoint_0.pkl is truncated or corrupt",
+        ),
+        (lambda c: _add_truncated(c / "scaler.pt", {"scale": 65536.0, "growth_tracker": 0}), "scaler.pt is truncated or corrupt"),
     ],
 )
 def test_damaged_checkpoint_is_a_one_line_error_and_nothing_is_written(
