@@ -165,13 +165,17 @@ def _epochs_text(section: dict[str, Any], record: dict[str, Any] | None) -> str 
     be only that, for a folder without one."""
     if record and isinstance(record.get("epochs"), int):
         planned = record.get("planned_epochs")
-        text = f"{record['epochs']} epochs"
+        text = _count(record["epochs"], "epoch")
         if isinstance(planned, int) and planned != record["epochs"]:
-            text = f"{record['epochs']} of {planned} epochs"
+            text = f"{record['epochs']} of {_count(planned, 'epoch')}"
         return text + (" (early stopping)" if record.get("stopped_early") else "")
     if isinstance(section.get("epochs"), int):
-        return f"{section['epochs']} epochs configured (epochs trained not recorded)"
+        return f"{_count(section['epochs'], 'epoch')} configured (epochs trained not recorded)"
     return None
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def _lr_text(section: dict[str, Any], trained_epochs: int | None) -> str:

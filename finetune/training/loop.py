@@ -172,7 +172,8 @@ def build_optimizer(
     """AdamW over the stage's trainable parameters (backbone at `backbone_lr`) and a per-epoch StepLR.
 
     The LR is multiplied by `lr_gamma` every `lr_drop_epochs` epochs (StepLR); the default, 2/3 of the
-    stage (DETR's 200 -> drop at 133 schedule), drops it once. `fused`: torch's fused AdamW where supported (`training.speed.make_adamw`).
+    stage (DETR's 200 -> drop at 133 schedule), drops it once. `fused`: torch's fused AdamW where
+    supported (`finetune.training.speed.make_adamw`).
     """
     groups = param_groups(model, stage, stage_cfg.lr, stage_cfg.backbone_lr, stage_cfg.weight_decay)
     optimizer = make_adamw(groups, stage_cfg.lr, stage_cfg.weight_decay, fused)
