@@ -4,8 +4,8 @@ Metadata (`ModelCardData` + `EvalResult` for the model-index) and a Markdown bod
 folder written by `finetune/train.py` (interface 3): `config.json` (labels, stuff labels),
 `training_config.yaml` (recipe), `all_results.json` (metrics) and `train_results.json` (start point,
 hardware, data size, and per stage the epochs trained, early stop, training and evaluation time).
-Missing facts are "not recorded", never invented; the limitations are derived from the numbers. Metrics are shown as fractions in [0, 1], the unit of
-`all_results.json` and of the training logs.
+Missing facts are "not recorded", never invented; the limitations are derived from the numbers.
+Metrics are shown as fractions in [0, 1], the unit of `all_results.json` and of the training logs.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from finetune.config import DEFAULT_THRESHOLD
+from finetune.config import DEFAULT_THRESHOLD, STAGE_NAMES
 
 DEFAULT_LICENSE = "apache-2.0"  # the license of facebook/detr-resnet-50-panoptic
 DEFAULT_TAGS = ["detr", "panoptic-segmentation", "image-segmentation", "vision", "construction"]
@@ -33,7 +33,6 @@ METRICS = [
 # Keys for run facts that training may or may not record (first one found wins).
 RUNTIME_KEYS = ("train_runtime", "train_runtime_s", "train_time_s", "total_train_time_s", "runtime_s")
 HARDWARE_KEYS = ("hardware", "device", "device_name", "gpu")
-STAGE_ORDER = ("detection", "masks")  # finetune.config.STAGE_NAMES, the order the stages train in
 
 # Limitations derived from the numbers: a line is added when a figure crosses one of these thresholds.
 # They are this card's rules of thumb, not measured cut-offs, and the figure itself is always printed.
@@ -125,8 +124,8 @@ def stages_run(training_config: dict[str, Any], facts: dict[str, Any]) -> list[s
     """The stages that made these weights: those recorded by training, else the configured ones."""
     recorded = facts.get("stages") or {}
     if recorded:
-        return [stage for stage in STAGE_ORDER if stage in recorded]
-    return list((training_config.get("run") or {}).get("stages") or STAGE_ORDER)
+        return [stage for stage in STAGE_NAMES if stage in recorded]
+    return list((training_config.get("run") or {}).get("stages") or STAGE_NAMES)
 
 
 def _stage_lines(training_config: dict[str, Any], facts: dict[str, Any]) -> list[str]:
