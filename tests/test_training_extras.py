@@ -173,3 +173,15 @@ def test_a_stage_that_stopped_early_stays_stopped_when_resumed(tmp_path):
     facts = json.loads((out / "final" / "train_results.json").read_text())
     assert facts["stages"]["detection"]["epochs"] == 2 and facts["stages"]["detection"]["stopped_early"] is True
     assert facts["stages"]["detection"]["planned_epochs"] == 4
+
+
+def test_a_trainer_state_of_an_older_version_still_reads(tmp_path):
+    """Checkpoints written before the run records kept `stage_runtime` (training and evaluation mixed): a
+    resume from one reads it (the old times are dropped, not mislabelled) and the stage counts as not stopped."""
+    from finetune.training.checkpointing import STATE_FILE, read_trainer_state
+
+    old = {"stage": "detection", "epoch": 3, "global_step": 6, "best_metric": 0.1, "metric_name": "box_map",
+           "last_eval": {"box_map": 0.1}, "stage_runtime": {"detection": 12.5}, "early_stopping": {}}
+    (tmp_path / STATE_FILE).write_text(json.dumps(old))
+    state = read_trainer_state(tmp_path)
+    assert (state.stage, state.epoch, state.stopped, state.stage_records) == ("detection", 3, False, {})
