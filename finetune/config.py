@@ -153,7 +153,8 @@ class StageConfig:
     max_grad_norm: float | None = 0.1
     """Gradient-norm clip (DETR: 0.1); null = no clipping."""
     lr_drop_epochs: int | None = None
-    """Epochs after which the LR is multiplied by `lr_gamma` (StepLR); null = at 2/3 of the stage."""
+    """Multiply the LR by `lr_gamma` every this many epochs (StepLR: again at each multiple); null = once, at 2/3 of
+    the stage."""
     lr_gamma: float = 0.1
     """Factor of the single LR drop (StepLR gamma)."""
 
