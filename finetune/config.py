@@ -156,7 +156,7 @@ class StageConfig:
     """Multiply the LR by `lr_gamma` every this many epochs (StepLR: again at each multiple); null = once, at 2/3 of
     the stage."""
     lr_gamma: float = 0.1
-    """Factor of the single LR drop (StepLR gamma)."""
+    """Factor of each LR drop (StepLR gamma)."""
 
 
 @dataclass
