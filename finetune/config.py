@@ -23,7 +23,8 @@ docstring under its field (or `metadata["help"]`); `--help` shows it with the re
 
 Parsing (`finetune/config_cli.py`) uses `transformers.HfArgumentParser` over flat dataclasses generated
 from the sections (it only understands flat dataclasses); the result is assembled back into the tree and
-validated once.
+validated once. `config_cli.py` is given the tree class and imports nothing from this module; both share
+`finetune/config_types.py` (`ConfigError`, the annotation helpers).
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import logging
 import math
-import types
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,7 +41,11 @@ from typing import Any
 
 import yaml
 
+from finetune.config_cli import parse_command_line
+from finetune.config_types import ConfigError, base_type, resolved_fields
 from finetune.trainer_config import TrainerConfig
+
+logger = logging.getLogger(__name__)
 
 # Panoptic post-processing defaults shared by training evaluation, `finetune/evaluate.py`,
 # `finetune/predict.py` and the demo, so that every PQ this project reports uses the same ones
@@ -63,8 +68,10 @@ STAGE_NAMES = ("detection", "masks")
 MIXED_PRECISION_CHOICES = ("no", "fp16", "bf16", "fp8")
 
 
-class ConfigError(ValueError):
-    """A configuration file or command-line override is invalid (message names the key)."""
+# Keys that older versions wrote into `training_config.yaml` and that are gone: a saved config stays a valid
+# `--config`, the key is ignored with a warning. `run.debug_nan_loss_at_step` was a testing aid (the tests now
+# inject the fault themselves: `tests/faulty_train.py`).
+REMOVED_KEYS = {"run": ("debug_nan_loss_at_step",)}
 
 
 @dataclass
@@ -146,9 +153,10 @@ class StageConfig:
     max_grad_norm: float | None = 0.1
     """Gradient-norm clip (DETR: 0.1); null = no clipping."""
     lr_drop_epochs: int | None = None
-    """Epochs after which the LR is multiplied by `lr_gamma` (StepLR); null = at 2/3 of the stage."""
+    """Multiply the LR by `lr_gamma` every this many epochs (StepLR: again at each multiple); null = once, at 2/3 of
+    the stage."""
     lr_gamma: float = 0.1
-    """Factor of the single LR drop (StepLR gamma)."""
+    """Factor of each LR drop (StepLR gamma)."""
 
 
 @dataclass
@@ -191,8 +199,6 @@ class RunConfig:
     last epoch; null = after each evaluation (`eval_every_epochs`) and the last epoch; 0 = after the last only."""
     save_total_limit: int | None = 2
     """Keep the N newest epoch checkpoints (null = keep all). `best_<stage>/` is kept separately."""
-    debug_nan_loss_at_step: int | None = None
-    """Testing aid: replace the loss by NaN at this global step (checks the non-finite-loss guard)."""
 
 
 @dataclass
@@ -260,6 +266,10 @@ class TrainingConfig:
                     f"{source}: section '{name}' must be a mapping, got {type(values).__name__}"
                 )
             known = {f.name for f in dataclasses.fields(section_default)}
+            removed = [key for key in REMOVED_KEYS.get(name, ()) if key in values]
+            if removed:
+                logger.warning(f"{source}: ignored key(s) {removed} of section '{name}', no longer used")
+                values = {key: value for key, value in values.items() if key not in removed}
             bad = sorted(set(values) - known)
             if bad:
                 raise ConfigError(
@@ -292,7 +302,7 @@ class TrainingConfig:
             st = self.stage(name)
             if not st.lr > 0 or not math.isfinite(st.lr):
                 raise ConfigError(f"{name}.lr must be a positive number, got {st.lr}")
-            # 0 freezes the backbone (a randomly initialised one must stay frozen: see quickstart.yaml).
+            # 0 freezes the backbone (from_scratch.yaml does, for a random backbone under frozen BatchNorm).
             if not st.backbone_lr >= 0 or not math.isfinite(st.backbone_lr):
                 raise ConfigError(
                     f"{name}.backbone_lr must be >= 0 (0 = frozen backbone), got {st.backbone_lr}"
@@ -379,27 +389,13 @@ def check_config_overrides(overrides: dict[str, Any], key: str = "model.config_o
 
 
 
-def _resolved_fields(section_type: type) -> list[tuple[dataclasses.Field, Any]]:
-    hints = typing.get_type_hints(section_type)
-    return [(f, hints[f.name]) for f in dataclasses.fields(section_type)]
-
-
-def _base_type(tp: Any) -> tuple[Any, bool]:
-    """(the type without `None`, whether None is allowed)."""
-    origin = typing.get_origin(tp)
-    if origin is typing.Union or origin is types.UnionType:
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return args[0], len(args) < len(typing.get_args(tp))
-    return tp, False
-
-
 def _check_types(config: TrainingConfig) -> None:
     """YAML gives untyped values: check each against its annotation (ints accepted for floats)."""
     for section_field in dataclasses.fields(config):
         section = getattr(config, section_field.name)
-        for f, tp in _resolved_fields(type(section)):
+        for f, tp in resolved_fields(type(section)):
             value = getattr(section, f.name)
-            base, optional = _base_type(tp)
+            base, optional = base_type(tp)
             key = f"{section_field.name}.{f.name}"
             if value is None:
                 if not optional:
@@ -442,9 +438,7 @@ def parse_config(argv: list[str] | None = None) -> TrainingConfig:
     Raises:
         ConfigError: unknown keys, bad values, unreadable file.
     """
-    from finetune.config_cli import parse_command_line  # imports this module: imported when needed
-
-    config_path, overrides = parse_command_line(argv)
+    config_path, overrides = parse_command_line(TrainingConfig, STAGE_NAMES, argv)
     data = load_config_file(config_path) if config_path else {}
     source = str(config_path) if config_path else "defaults"
     config = TrainingConfig.from_dict(data, source=source)

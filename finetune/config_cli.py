@@ -1,5 +1,8 @@
 """The flat command line of a `TrainingConfig` (`finetune/train.py`): options, help text, aliases, values.
 
+The configuration tree is passed in (`parse_command_line(TrainingConfig, STAGE_NAMES, argv)`), so that this
+module imports nothing from `finetune/config.py`, which imports it (no import cycle).
+
 `HfArgumentParser` only understands flat dataclasses: one is generated per section, every field optional
 with default None (= not given), its help text the field's documentation (`metadata["help"]`, else the
 docstring under the field) followed by `[section.field; default: ...]`. Stage fields are prefixed by the
@@ -22,7 +25,7 @@ import typing
 from dataclasses import field
 from typing import Any
 
-from finetune.config import STAGE_NAMES, ConfigError, TrainingConfig, _base_type, _resolved_fields
+from finetune.config_types import ConfigError, base_type, resolved_fields
 
 CLI_DESCRIPTION = """Fine-tune DETR panoptic segmentation in two stages (boxes, then masks).
 
@@ -33,8 +36,8 @@ Every option overrides the key of the --config file named in [brackets]; lists t
 values, dicts take JSON, optional values take `null`."""
 
 
-def _cli_name(section: str, name: str) -> str:
-    return f"{section}_{name}" if section in STAGE_NAMES else name
+def _cli_name(section: str, name: str, prefixed: tuple[str, ...]) -> str:
+    return f"{section}_{name}" if section in prefixed else name
 
 
 # The common names of the project's other scripts (predict.py, evaluate.py, push_to_hub.py), accepted as
@@ -70,8 +73,8 @@ def _metavar(base: Any) -> str:
     return {int: "N", float: "X", list: "A,B", dict: "JSON"}.get(origin, "VALUE")
 
 
-def _default_text(section: str, f: dataclasses.Field) -> str:
-    value = getattr(getattr(TrainingConfig(), section), f.name)
+def _default_text(defaults: Any, section: str, f: dataclasses.Field) -> str:
+    value = getattr(getattr(defaults, section), f.name)
     if isinstance(value, list):
         return ",".join(str(v) for v in value) or "empty"
     if isinstance(value, dict):
@@ -79,27 +82,32 @@ def _default_text(section: str, f: dataclasses.Field) -> str:
     return "null" if value is None else str(value)
 
 
-def _cli_dataclasses() -> tuple[list[type], dict[str, tuple[str, str, Any]]]:
+def _cli_dataclasses(tree: type, prefixed: tuple[str, ...]) -> tuple[list[type], dict[str, tuple[str, str, Any]]]:
     """Flat dataclasses for `HfArgumentParser`: every field optional with default None (= not given).
+
+    Args:
+        tree: the configuration class (`TrainingConfig`): a dataclass of section dataclasses.
+        prefixed: sections whose options take the section as prefix (the stages: `--detection_epochs`).
 
     Returns the dataclasses and {cli name: (section, field name, field type)}.
     """
     classes, index = [], {}
-    for section_field in dataclasses.fields(TrainingConfig):
+    defaults = tree()
+    for section_field in dataclasses.fields(tree):
         section = section_field.name
-        section_type = type(getattr(TrainingConfig(), section))
+        section_type = type(getattr(defaults, section))
         flat = []
-        for f, tp in _resolved_fields(section_type):
-            name = _cli_name(section, f.name)
+        for f, tp in resolved_fields(section_type):
+            name = _cli_name(section, f.name, prefixed)
             assert name not in index, (
                 f"duplicate CLI name {name}"
             )  # field names must stay unique across sections
             index[name] = (section, f.name, tp)
-            base, _ = _base_type(tp)
+            base, _ = base_type(tp)
             # Values come as strings and are converted by `_convert_cli_value` (lists "a,b", dicts as JSON,
             # "null" for optional fields); booleans keep HfArgumentParser's `--flag` / `--flag false` handling.
             cli_type = bool if base is bool else (str | None)  # bool + default None: `--flag` alone = True
-            doc = f"{field_help(section_type, f)} [{section}.{f.name}; default: {_default_text(section, f)}]"
+            doc = f"{field_help(section_type, f)} [{section}.{f.name}; default: {_default_text(defaults, section, f)}]"
             metadata = {"help": doc.replace("%", "%%").lstrip(), "aliases": CLI_ALIASES.get(name, [])}
             if base is not bool:
                 metadata["metavar"] = _metavar(base)
@@ -111,7 +119,7 @@ def _cli_dataclasses() -> tuple[list[type], dict[str, tuple[str, str, Any]]]:
 
 
 def _convert_cli_value(key: str, raw: Any, tp: Any) -> Any:
-    base, optional = _base_type(tp)
+    base, optional = base_type(tp)
     if isinstance(raw, str) and optional and raw.lower() in ("null", "none"):
         return None
     origin = typing.get_origin(base)
@@ -140,10 +148,14 @@ def _convert_cli_value(key: str, raw: Any, tp: Any) -> Any:
     return raw
 
 
-def parse_command_line(argv: list[str] | None = None) -> tuple[str | None, dict[str, dict[str, Any]]]:
+def parse_command_line(
+    tree: type, prefixed: tuple[str, ...], argv: list[str] | None = None
+) -> tuple[str | None, dict[str, dict[str, Any]]]:
     """Parse `[--config FILE] [--key value ...]`; `--help` prints the options and exits.
 
     Args:
+        tree: the configuration class (`TrainingConfig`), whose sections give the options.
+        prefixed: sections whose options take the section as prefix (`finetune.config.STAGE_NAMES`).
         argv: command-line arguments without the program name (None = `sys.argv[1:]`).
 
     Returns:
@@ -154,7 +166,7 @@ def parse_command_line(argv: list[str] | None = None) -> tuple[str | None, dict[
     """
     from transformers.hf_argparser import HfArgumentParser
 
-    classes, index = _cli_dataclasses()
+    classes, index = _cli_dataclasses(tree, prefixed)
     # Plain help formatter: the flat options all default to None (= not given), the real default is in the help.
     parser = HfArgumentParser(
         classes,

@@ -229,3 +229,25 @@ def test_sample_conversion_is_kept_for_later_runs(tmp_path):
 def test_report_to_none_means_no_tracker(value):
     """transformers' `--report_to none`: accelerate itself would stop on it with a traceback."""
     assert parse_config(["--report_to", value]).logging.report_to == []
+
+
+def test_the_nan_testing_aid_is_no_user_setting_but_old_saved_configs_still_load(tmp_path, caplog):
+    """`run.debug_nan_loss_at_step` was a test hook in the user's configuration; the tests now inject the NaN
+    themselves (`tests/faulty_train.py`). A `training_config.yaml` saved before still is a valid --config."""
+    with pytest.raises(ConfigError, match="debug_nan_loss_at_step"):
+        parse_config(["--debug_nan_loss_at_step", "3"])
+    saved = TrainingConfig().to_dict()
+    saved["run"]["debug_nan_loss_at_step"] = None  # as in pretrained/tiny-detr-panoptic/training_config.yaml
+    with caplog.at_level("WARNING"):
+        config = parse_config(["--config", str(write_yaml(tmp_path, saved))])
+    assert config == TrainingConfig().validate()
+    assert "ignored key(s) ['debug_nan_loss_at_step'] of section 'run', no longer used" in caplog.text
+    # Any other unknown key is still an error.
+    saved["run"]["debug_nan_loss_at_stpe"] = 3
+    with pytest.raises(ConfigError, match="unknown key"):
+        parse_config(["--config", str(write_yaml(tmp_path, saved))])
+
+
+def test_the_shipped_checkpoint_config_is_a_valid_config():
+    shipped = CONFIGS.parents[1] / "pretrained" / "tiny-detr-panoptic" / "training_config.yaml"
+    assert parse_config(["--config", str(shipped)]).model.config_overrides

@@ -213,3 +213,34 @@ def test_the_executor_race_on_cancelled_jobs_prints_no_traceback(monkeypatch):
             thread.join()
     assert threading.excepthook is recorder
     assert reported == ["a real bug elsewhere"]
+
+
+def _excepthook_name(_job: int) -> str:
+    import threading
+
+    return getattr(threading.excepthook, "__qualname__", repr(threading.excepthook))
+
+
+def test_the_excepthook_is_swapped_only_while_jobs_can_be_cancelled(monkeypatch):
+    """The gh-107219 hook is process-wide: `run_jobs` installs it after the workers started (a forked worker
+    used to inherit it) and restores the previous one when the pool is gone."""
+    import multiprocessing
+    import threading
+
+    from dataset_scripts.conversion import workers
+
+    if multiprocessing.get_start_method() != "fork":
+        pytest.skip("only forked workers inherit the parent's hook")
+    swapped = []
+    quiet = workers.quiet_cancelled_future_race
+
+    def recording_quiet():
+        swapped.append(True)
+        return quiet()
+
+    monkeypatch.setattr(workers, "quiet_cancelled_future_race", recording_quiet)
+    before = threading.excepthook
+    names = workers.run_jobs(_excepthook_name, [0, 1, 2], num_workers=2)
+    assert swapped == [True]  # the pool did run under the hook
+    assert not any("quiet_cancelled_future_race" in name for name in names), names
+    assert threading.excepthook is before

@@ -10,8 +10,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from finetune.training.loop import KILL_AT_STEP_ENV, should_save
-from tests.train_runs import accelerate_cmd, read_jsonl, run_training, sample_export_args, train_env
+from finetune.training.loop import should_save
+from tests.faulty_train import KILL_AT_STEP_ENV
+from tests.train_runs import (
+    FAULTY_TRAIN,
+    accelerate_cmd,
+    read_jsonl,
+    run_training,
+    sample_export_args,
+    train_env,
+)
 
 
 @pytest.mark.parametrize(
@@ -52,7 +60,9 @@ def test_default_cadence_and_exact_resume_between_sparse_checkpoints(tmp_path, s
 
     killed = tmp_path / "killed"
     # Killed after step 5: mid detection epoch 3; the newest checkpoint is detection-epoch2 (step 4).
-    run = run_training(accelerate_cmd(killed, *SHAPE, *sample_args), env=train_env(**{KILL_AT_STEP_ENV: "5"}))
+    run = run_training(
+        accelerate_cmd(killed, *SHAPE, *sample_args, script=FAULTY_TRAIN), env=train_env(**{KILL_AT_STEP_ENV: "5"})
+    )
     assert run.returncode != 0
     assert sorted(p.name for p in (killed / "checkpoints").iterdir()) == ["detection-epoch2"]
     resumed = run_training(accelerate_cmd(killed, *SHAPE, *sample_args, "--resume_from_checkpoint", "latest"))

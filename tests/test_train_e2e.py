@@ -10,9 +10,11 @@ import os
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 from safetensors.torch import load_file
 
+from finetune.hub.model_card import build_model_card
 from tests.train_runs import REPO_ROOT, TRAIN, accelerate_cmd, read_jsonl, run_training, sample_export_args
 
 pytestmark = pytest.mark.slow
@@ -65,7 +67,23 @@ def test_final_folder(ci_run):
     facts = json.loads((final / "train_results.json").read_text())
     assert facts["started_from"]["kind"] == "random_init" and facts["started_from"]["name"] is None
     assert facts["num_processes"] == 1 and facts["mixed_precision"] == "no" and facts["hardware"]
-    assert set(facts["stage_runtime"]) == {"detection", "masks"} and facts["train_runtime"] > 0
+    assert list(facts["stages"]) == ["detection", "masks"]  # ci.yaml: 1 epoch each, evaluated
+    for record in facts["stages"].values():
+        assert record["epochs"] == record["planned_epochs"] == 1 and record["stopped_early"] is False
+        assert record["train_seconds"] > 0 and record["eval_seconds"] > 0
+    assert facts["train_runtime"] == round(sum(r["train_seconds"] for r in facts["stages"].values()), 1)
+    assert facts["eval_runtime"] == round(sum(r["eval_seconds"] for r in facts["stages"].values()), 1)
+    # The model card reads these records: the epochs trained and the two times, each labelled.
+    card = build_model_card(
+        json.loads((final / "config.json").read_text()),
+        yaml.safe_load((final / "training_config.yaml").read_text()),
+        results,
+        "me/ci",
+        train_facts=facts,
+    ).content
+    assert "Stage 1, **detection**" in card and "Stage 2, **masks**" in card and "in two stages" in card
+    assert "— box model" in card and ": 1 epoch, batch size 4" in card
+    assert " training + " in card and " evaluation (detection " in card
     assert facts["train_samples"] == 8 and facts["eval_samples"] == 4  # ci.yaml's max_*_samples
     # One file mode for the whole folder (safetensors alone used to be 0600), what `open` gives.
     umask = os.umask(0)

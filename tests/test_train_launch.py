@@ -14,8 +14,16 @@ import sys
 import pytest
 
 from finetune import train
-from finetune.training.loop import KILL_AT_STEP_ENV
-from tests.train_runs import CI_CONFIG, accelerate_cmd, run_training, sample_export_args, train_env
+from tests.faulty_train import KILL_AT_STEP_ENV
+from tests.train_runs import (
+    CI_CONFIG,
+    FAULTY_TRAIN,
+    TRAIN,
+    accelerate_cmd,
+    run_training,
+    sample_export_args,
+    train_env,
+)
 
 BOGUS = json.dumps({"bogus_detr_field": 3, "d_modle": 64})
 EXPECTED = (
@@ -49,9 +57,9 @@ def test_config_overrides_typo_exits_2_before_writing(tmp_path, caplog):
     assert not out.exists()
 
 
-def _wrapper_cmd(out, *args: str) -> list[str]:
+def _wrapper_cmd(out, *args: str, script=TRAIN) -> list[str]:
     """`python -m finetune.training.launch` with a two-process (torch.distributed.run) launch."""
-    launch = accelerate_cmd(out, *args, num_processes=2)
+    launch = accelerate_cmd(out, *args, num_processes=2, script=script)
     assert launch[1:3] == ["launch", "-q"]
     return [sys.executable, "-m", "finetune.training.launch", "--multi_gpu", *launch[3:]]
 
@@ -72,8 +80,8 @@ def test_multi_process_launch_wrapper_ends_on_the_one_line_error(tmp_path):
 def test_multi_process_launch_wrapper_names_processes_killed_by_a_signal(tmp_path, sample_args):
     out = tmp_path / "run"
     small = ("--max_train_samples", "4", "--max_eval_samples", "2", "--detection_batch_size", "1")
-    env = train_env(**{KILL_AT_STEP_ENV: "1"})  # every process SIGKILLs itself after the first step
-    result = run_training(_wrapper_cmd(out, *small, *sample_args), env=env, timeout=300)
+    env = train_env(**{KILL_AT_STEP_ENV: "1"})  # every process is SIGKILLed after the first step
+    result = run_training(_wrapper_cmd(out, *small, *sample_args, script=FAULTY_TRAIN), env=env, timeout=300)
     assert result.returncode == 1
     last = (result.stdout + result.stderr).strip().splitlines()[-1]
     assert "training process(es) killed by a signal (rank " in last and "SIGKILL" in last, last

@@ -14,9 +14,10 @@ import torch
 from safetensors.torch import load_file
 
 from finetune import train
-from finetune.training.loop import KILL_AT_STEP_ENV
+from tests.faulty_train import KILL_AT_STEP_ENV, NAN_AT_STEP_ENV
 from tests.train_runs import (
     CI_CONFIG,
+    FAULTY_TRAIN,
     accelerate_cmd,
     read_jsonl,
     run_training,
@@ -54,8 +55,10 @@ def _assert_same_weights(expected_dir: Path, got_dir: Path) -> None:
 
 def test_killed_run_resumes_to_identical_weights(tmp_path, full_run, sample_args):
     killed = tmp_path / "killed"
-    # The trainer SIGKILLs itself right after step 3: mid-epoch 2, after the first checkpoint (step 2).
-    run = run_training(accelerate_cmd(killed, *SHAPE, *sample_args), env=train_env(**{KILL_AT_STEP_ENV: "3"}))
+    # The trainer is SIGKILLed right after step 3: mid-epoch 2, after the first checkpoint (step 2).
+    run = run_training(
+        accelerate_cmd(killed, *SHAPE, *sample_args, script=FAULTY_TRAIN), env=train_env(**{KILL_AT_STEP_ENV: "3"})
+    )
     assert run.returncode != 0
     assert sorted(p.name for p in (killed / "checkpoints").iterdir()) == ["detection-epoch1"]
     assert not (killed / "final").exists()
@@ -69,6 +72,13 @@ def test_killed_run_resumes_to_identical_weights(tmp_path, full_run, sample_args
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed stage detection after epoch 1" in resumed.stderr
     _assert_same_weights(full_run / "final", killed / "final")
+    # The time of the epoch trained before the kill is kept: the final record adds the resumed run's to it.
+    facts = json.loads((killed / "final" / "train_results.json").read_text())
+    before_kill = state["stage_records"]["detection"]
+    assert before_kill["epochs"] == 1 and before_kill["train_seconds"] > 0 and before_kill["eval_seconds"] > 0
+    assert facts["stages"]["detection"]["epochs"] == 2
+    assert facts["stages"]["detection"]["train_seconds"] > before_kill["train_seconds"]
+    assert facts["stages"]["detection"]["eval_seconds"] > before_kill["eval_seconds"]
 
     # The resumed run's log has each step once, as the uninterrupted one.
     steps = [(r["type"], r["stage"], r["step"]) for r in read_jsonl(killed / "metrics.jsonl")]
@@ -103,6 +113,19 @@ def _truncate(path: Path) -> None:
     path.write_bytes(data[: len(data) // 2])
 
 
+def _flip_a_byte(path: Path) -> None:
+    """Damage in the middle of the file: the length and the zip directory stay right, a record's CRC does not."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _add_truncated(path: Path, state: dict) -> None:
+    """A file that `save_state` writes only for some runs (the EMA's state, the fp16 scaler), damaged."""
+    torch.save(state, path)
+    _truncate(path)
+
+
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
@@ -110,6 +133,14 @@ def _truncate(path: Path) -> None:
         (lambda c: (c / "optimizer.bin").unlink(), "optimizer.bin is missing (not a complete checkpoint)"),
         (lambda c: _truncate(c / "optimizer.bin"), "optimizer.bin is truncated or corrupt"),
         (lambda c: (c / "trainer_state.json").write_text("{"), "trainer_state.json is unreadable"),
+        (lambda c: _truncate(c / "random_states_0.pkl"), "random_states_0.pkl is truncated or corrupt"),
+        (lambda c: _flip_a_byte(c / "random_states_0.pkl"), "random_states_0.pkl is truncated or corrupt (bad CRC"),
+        (lambda c: (c / "random_states_0.pkl").unlink(), "random_states_*.pkl is missing (not a complete checkpoint)"),
+        (
+            lambda c: _add_truncated(c / "custom_checkpoint_0.pkl", {"updates": 3, "shadow": {"w": torch.ones(999)}}),
+            "custom_checkpoint_0.pkl is truncated or corrupt",
+        ),
+        (lambda c: _add_truncated(c / "scaler.pt", {"scale": 65536.0, "growth_tracker": 0}), "scaler.pt is truncated or corrupt"),
     ],
 )
 def test_damaged_checkpoint_is_a_one_line_error_and_nothing_is_written(
@@ -174,7 +205,8 @@ def test_latest_without_a_complete_checkpoint_names_each_damage(
 def test_non_finite_loss_stops_with_clear_error_and_keeps_last_checkpoint(tmp_path, sample_args):
     out = tmp_path / "nan"
     result = run_training(
-        accelerate_cmd(out, *SHAPE, *sample_args, "--debug_nan_loss_at_step", "3", "--stages", "detection")
+        accelerate_cmd(out, *SHAPE, *sample_args, "--stages", "detection", script=FAULTY_TRAIN),
+        env=train_env(**{NAN_AT_STEP_ENV: "3"}),
     )
     assert result.returncode == 1
     assert "non-finite training loss in stage 'detection', epoch 2, step 3" in result.stderr

@@ -4,6 +4,7 @@ one short `accelerate launch` run with EMA + early stopping on (what it evaluate
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -12,9 +13,16 @@ from safetensors.torch import load_file
 from finetune.config import ConfigError, parse_config
 from finetune.training.early_stopping import EarlyStopping
 from finetune.training.ema import WeightEma
-from finetune.training.loop import KILL_AT_STEP_ENV
 from finetune.training.speed import make_adamw
-from tests.train_runs import accelerate_cmd, read_jsonl, run_training, sample_export_args, train_env
+from tests.faulty_train import KILL_AT_STEP_ENV
+from tests.train_runs import (
+    FAULTY_TRAIN,
+    accelerate_cmd,
+    read_jsonl,
+    run_training,
+    sample_export_args,
+    train_env,
+)
 
 
 def _two_layer_model() -> torch.nn.Module:
@@ -125,7 +133,7 @@ def test_early_stopping_count_survives_a_resume(tmp_path):
         "--detection_epochs", "5", "--eval_every_epochs", "1", "--stages", "detection",
     ]  # fmt: skip
     # 2 steps per epoch: step 5 is mid-epoch 3, after the checkpoint of epoch 2 (one bad evaluation).
-    killed = run_training(accelerate_cmd(out, *args), env=train_env(**{KILL_AT_STEP_ENV: "5"}))
+    killed = run_training(accelerate_cmd(out, *args, script=FAULTY_TRAIN), env=train_env(**{KILL_AT_STEP_ENV: "5"}))
     assert killed.returncode != 0
     state = json.loads((out / "checkpoints" / "detection-epoch2" / "trainer_state.json").read_text())
     assert state["early_stopping"]["bad_evaluations"] == 1
@@ -135,3 +143,45 @@ def test_early_stopping_count_survives_a_resume(tmp_path):
     assert "early stopping of stage detection after epoch 3" in resumed.stderr
     evals = [r["epoch"] for r in read_jsonl(out / "metrics.jsonl") if r["type"] == "eval"]
     assert evals == [0, 1, 2]
+
+
+@pytest.mark.slow
+def test_a_stage_that_stopped_early_stays_stopped_when_resumed(tmp_path):
+    """Patience 1, nothing improves: the stage stops after epoch 2 of 4 and checkpoints there. A run resumed
+    from that checkpoint (e.g. after a kill before `final/` was written) must not train on: the loop used to
+    restart at the checkpoint's epoch, ran epoch 3 and stopped again there."""
+    out = tmp_path / "run"
+    args = [
+        *sample_export_args(tmp_path),
+        "--ema", "true", "--ema_decay", "0.5", "--ema_tau", "0",
+        "--early_stopping_patience", "1", "--early_stopping_min_delta", "1.0",
+        "--detection_epochs", "4", "--eval_every_epochs", "1", "--stages", "detection",
+    ]  # fmt: skip
+    first = run_training(accelerate_cmd(out, *args))
+    assert first.returncode == 0, first.stderr[-4000:]
+    state = json.loads((out / "checkpoints" / "detection-epoch2" / "trainer_state.json").read_text())
+    assert state["stopped"] is True and state["epoch"] == 2
+    shutil.move(out / "final", tmp_path / "first_final")
+
+    resumed = run_training(accelerate_cmd(out, *args, "--resume_from_checkpoint", "latest"))
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert "stage detection stopped early after epoch 2: nothing left to train in it" in resumed.stderr
+    assert [r["epoch"] for r in read_jsonl(out / "metrics.jsonl") if r["type"] == "eval"] == [0, 1]
+    before = load_file(str(tmp_path / "first_final" / "model.safetensors"))
+    after = load_file(str(out / "final" / "model.safetensors"))
+    assert all(torch.equal(before[key], after[key]) for key in before)  # the EMA weights, as the first run's
+    facts = json.loads((out / "final" / "train_results.json").read_text())
+    assert facts["stages"]["detection"]["epochs"] == 2 and facts["stages"]["detection"]["stopped_early"] is True
+    assert facts["stages"]["detection"]["planned_epochs"] == 4
+
+
+def test_a_trainer_state_of_an_older_version_still_reads(tmp_path):
+    """Checkpoints written before the run records kept `stage_runtime` (training and evaluation mixed): a
+    resume from one reads it (the old times are dropped, not mislabelled) and the stage counts as not stopped."""
+    from finetune.training.checkpointing import STATE_FILE, read_trainer_state
+
+    old = {"stage": "detection", "epoch": 3, "global_step": 6, "best_metric": 0.1, "metric_name": "box_map",
+           "last_eval": {"box_map": 0.1}, "stage_runtime": {"detection": 12.5}, "early_stopping": {}}
+    (tmp_path / STATE_FILE).write_text(json.dumps(old))
+    state = read_trainer_state(tmp_path)
+    assert (state.stage, state.epoch, state.stopped, state.stage_records) == ("detection", 3, False, {})

@@ -16,6 +16,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CI_CONFIG = REPO_ROOT / "finetune" / "configs" / "ci.yaml"
 TRAIN = REPO_ROOT / "finetune" / "train.py"
+FAULTY_TRAIN = REPO_ROOT / "tests" / "faulty_train.py"
 BIN = Path(sys.executable).parent
 SAMPLE_EXPORTS = ("cvat_task_materials", "cvat_task_machines")
 
@@ -56,11 +57,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def accelerate_cmd(output_dir: Path, *args: str, num_processes: int = 1) -> list[str]:
+def accelerate_cmd(output_dir: Path, *args: str, num_processes: int = 1, script: Path = TRAIN) -> list[str]:
     """`accelerate launch -q ... finetune/train.py --config ci.yaml --output_dir OUT ARGS`.
 
     `-q` (`--quiet`): a failing run ends on the script's one-line error, without accelerate's
-    `CalledProcessError` traceback (single-process launches; the exit status becomes 1).
+    `CalledProcessError` traceback (single-process launches; the exit status becomes 1). `script`:
+    `tests/faulty_train.py` (`FAULTY_TRAIN`) injects the fault its environment variables name.
     """
     return [
         str(BIN / "accelerate"),
@@ -74,7 +76,7 @@ def accelerate_cmd(output_dir: Path, *args: str, num_processes: int = 1) -> list
         "no",
         "--dynamo_backend",
         "no",
-        str(TRAIN),
+        str(script),
         "--config",
         str(CI_CONFIG),
         "--output_dir",

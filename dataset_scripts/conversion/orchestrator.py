@@ -1,11 +1,12 @@
 """The conversion orchestrator: CVAT exports in, one COCO-panoptic folder (train/val/test) out.
 
-Pipeline: read and merge exports (`cvat.exports`) -> plan categories, pictures, output names and
-splits (`conversion_plan`) -> optional model stuff maps (`stuff_model`) -> per picture, in worker
-processes (`workers`): `conversion.convert_image` -> split JSONs, previews, ``report.json``.
+Pipeline: read and merge exports (`dataset_scripts.cvat.exports`) -> plan categories, pictures, output
+names and splits (`dataset_scripts.conversion.plan`) -> optional model stuff maps
+(`dataset_scripts.stuff_model`) -> per picture, in worker processes (`dataset_scripts.conversion.workers`):
+`dataset_scripts.conversion.image.convert_image` -> split JSONs, previews, ``report.json``.
 
 Everything is built in a hidden temporary sibling of the output folder and renamed at the end
-(`atomic_io.atomic_directory`): on a user error, an interrupt or a kill nothing is half-written
+(`dataset_scripts.atomic_io.atomic_directory`): on a user error, an interrupt or a kill nothing is half-written
 (a killed run's temporary folder is removed by the next run on the same output).
 """
 
@@ -70,7 +71,7 @@ class ConversionOptions:
         seed: Split seed.
         num_workers: Worker processes (1: in this process).
         preview: Number of colour overlays written to ``OUT/preview/<split>_<name>.png``, chosen
-            by `conversion_plan.preview_spread` to show every class and split.
+            by `dataset_scripts.conversion.plan.preview_spread` to show every class and split.
         skip_missing_images: Report missing picture files instead of failing.
         overwrite: Replace an existing output folder.
         image_dirs: Extra folders searched for pictures (after the export's own); pictures named

@@ -55,13 +55,14 @@ def _init_worker(parent_pid: int | None) -> None:
 
 @contextlib.contextmanager
 def quiet_cancelled_future_race() -> Iterator[None]:
-    """Silence one known, harmless CPython < 3.12 race (gh-107219) while a pool runs.
+    """Silence one known, harmless CPython < 3.12 race (gh-107219) while a pool's jobs may be cancelled.
 
     When Ctrl-C/SIGTERM kills the workers (the whole process group gets it) while the parent's
     ``shutdown(cancel_futures=True)`` cancels the pending jobs, the executor's manager thread may try
     to set a ``BrokenProcessPool`` exception on an already cancelled future: ``InvalidStateError``,
     whose traceback `threading` prints, though the jobs were cancelled on purpose. Only that
-    exception from that thread is dropped; anything else reaches the previous hook.
+    exception from that thread is dropped; anything else reaches the previous hook, which is restored
+    on exit. `run_jobs` holds it only while jobs can be cancelled (after the workers started).
     """
     previous = threading.excepthook
 
@@ -95,16 +96,21 @@ def run_jobs(
     pool = ProcessPoolExecutor(
         max_workers=num_workers, mp_context=context, initializer=_init_worker, initargs=(parent_pid,)
     )
-    with quiet_cancelled_future_race():
+    quiet = contextlib.ExitStack()
+    try:
+        # Workers are started by the submissions: block Ctrl-C/SIGTERM meanwhile, so that a worker
+        # never runs the parent's handlers and the parent never gets the signal inside CPython's
+        # at-fork callbacks (which swallow exceptions); a pending signal is delivered right after.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         try:
-            # Workers are started by the submissions: block Ctrl-C/SIGTERM meanwhile, so that a worker
-            # never runs the parent's handlers and the parent never gets the signal inside CPython's
-            # at-fork callbacks (which swallow exceptions); a pending signal is delivered right after.
-            blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
-            try:
-                results = pool.map(function, jobs, chunksize=1)
-            finally:
-                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-            return list(tqdm(results, **progress))
+            results = pool.map(function, jobs, chunksize=1)
         finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        # Jobs are cancelled only from here on (by `map`'s iterator when it stops early, then by
+        # `shutdown`): the hook is held for that window alone, after the workers started, so that no
+        # worker inherits it and the process-wide hook is back as soon as the pool is gone.
+        quiet.enter_context(quiet_cancelled_future_race())
+        return list(tqdm(results, **progress))
+    finally:
+        with quiet:
             pool.shutdown(wait=True, cancel_futures=True)

@@ -1,4 +1,5 @@
-"""Read CVAT "COCO 1.0" exports (and the one-folder-per-class layout) into `cvat_records`.
+"""Read CVAT "COCO 1.0" exports (and the one-folder-per-class layout) into the records of
+`dataset_scripts.cvat.records`.
 
 Layouts:
 

@@ -1,4 +1,5 @@
-"""Read CVAT's XML exports ("CVAT for images 1.1", "CVAT for video 1.1", task or project) into `cvat_records`.
+"""Read CVAT's XML exports ("CVAT for images 1.1", "CVAT for video 1.1", task or project) into the
+records of `dataset_scripts.cvat.records`.
 
 Elements read per ``<image id name width height>`` (and per shape of a ``<track>``):
 

@@ -3,21 +3,20 @@
 Metadata (`ModelCardData` + `EvalResult` for the model-index) and a Markdown body are read from the
 folder written by `finetune/train.py` (interface 3): `config.json` (labels, stuff labels),
 `training_config.yaml` (recipe), `all_results.json` (metrics) and `train_results.json` (start point,
-hardware, time per stage, data size). Missing facts are "not recorded", never invented; the
-limitations are derived from the numbers. Metrics are shown as fractions in [0, 1], the unit of
-`all_results.json` and of the training logs.
+hardware, data size, and per stage the epochs trained, early stop, training and evaluation time).
+Missing facts are "not recorded", never invented; the limitations are derived from the numbers.
+Metrics are shown as fractions in [0, 1], the unit of `all_results.json` and of the training logs.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from finetune.config import DEFAULT_THRESHOLD
+from finetune.config import DEFAULT_THRESHOLD, STAGE_NAMES
 
 DEFAULT_LICENSE = "apache-2.0"  # the license of facebook/detr-resnet-50-panoptic
 DEFAULT_TAGS = ["detr", "panoptic-segmentation", "image-segmentation", "vision", "construction"]
@@ -34,7 +33,19 @@ METRICS = [
 # Keys for run facts that training may or may not record (first one found wins).
 RUNTIME_KEYS = ("train_runtime", "train_runtime_s", "train_time_s", "total_train_time_s", "runtime_s")
 HARDWARE_KEYS = ("hardware", "device", "device_name", "gpu")
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+# Limitations derived from the numbers: a line is added when a figure crosses one of these thresholds.
+# They are this card's rules of thumb, not measured cut-offs, and the figure itself is always printed.
+# A few hundred images show each class in few scenes, viewpoints and lightings (COCO, which the
+# pretrained DETR saw, has ~118 k training images).
+FEW_TRAINING_IMAGES = 500
+# A gap of 0.05 PQ between things and stuff is large next to the differences between DETR variants
+# (R50 vs R101 on COCO panoptic: 0.434 vs 0.451), so the card says which side is weak.
+THINGS_STUFF_GAP = 0.05
+# PQ = SQ x RQ; with matched segments at SQ ~0.75, PQ 0.1 means RQ ~0.13: most of the class is missed or wrong.
+WEAK_CLASS_PQ = 0.1
+# DETR R50 reaches PQ 0.434 on COCO panoptic; below 0.3 a reader should not expect its quality.
+LOW_OVERALL_PQ = 0.3
 
 
 def as_fraction(value: float) -> float:
@@ -64,12 +75,15 @@ def _backbone_name(config: dict[str, Any]) -> str:
     return f" ({name.replace('resnet', 'ResNet-')})"
 
 
-def base_model_id(training_config: dict[str, Any]) -> str | None:
-    """The Hub id the run started from, if it was one (a local folder or a random init is not)."""
-    name = (training_config.get("model") or {}).get("model_name_or_path")
-    if isinstance(name, str) and HUB_ID.match(name) and not Path(name).exists():
-        return name
-    return None
+def base_model_id(started: dict[str, Any] | None) -> str | None:
+    """The Hub id the run started from, as recorded by the training run (`train_results.json`).
+
+    The run decided Hub id vs local folder where the path meant something (its own working directory);
+    a name alone cannot tell `user/model` from the folder `outputs/run`, so without a record there is no
+    base model.
+    """
+    started = started or {}
+    return started.get("name") if started.get("kind") == "hub" else None
 
 
 def score_threshold(config: dict[str, Any], training_config: dict[str, Any]) -> float:
@@ -98,23 +112,38 @@ def classes_table(config: dict[str, Any], results: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
-def _stage_lines(training_config: dict[str, Any]) -> list[str]:
-    """One line per stage trained, with the learning rates actually used: the masks stage trains the mask
-    head only, and a `backbone_lr` of 0 freezes the backbone (no backbone lr to report then)."""
-    stages = (training_config.get("run") or {}).get("stages") or ["detection", "masks"]
-    what = {
-        "detection": "box model (transformer, class and box heads{backbone}); mask head frozen",
-        "masks": "mask head only; the detector (backbone included) is frozen",
-    }
+# What each stage trains (finetune/modeling/stages.py, `freeze_for_stage` and `param_groups`).
+STAGE_TRAINS = {
+    "detection": "box model (transformer, class and box heads{backbone}); `mask_head` and `bbox_attention` frozen",
+    "masks": "mask head (`mask_head`) and the attention that feeds it (`bbox_attention`); the detector "
+    "(`model.detr`, backbone included) frozen",
+}
+
+
+def stages_run(training_config: dict[str, Any], facts: dict[str, Any]) -> list[str]:
+    """The stages that made these weights: those recorded by training, else the configured ones."""
+    recorded = facts.get("stages") or {}
+    if recorded:
+        return [stage for stage in STAGE_NAMES if stage in recorded]
+    return list((training_config.get("run") or {}).get("stages") or STAGE_NAMES)
+
+
+def _stage_lines(training_config: dict[str, Any], facts: dict[str, Any]) -> list[str]:
+    """One line per stage trained, with the epochs really trained and the learning rates actually used:
+    the masks stage trains the mask head and `bbox_attention`, and a `backbone_lr` of 0 freezes the
+    backbone (no backbone lr to report then)."""
+    records = facts.get("stages") or {}
     lines = []
-    for number, stage in enumerate(stages, start=1):
+    for number, stage in enumerate(stages_run(training_config, facts), start=1):
         section = training_config.get(stage) or {}
+        record = records.get(stage)
         backbone_lr = section.get("backbone_lr")
         backbone_trained = stage == "detection" and isinstance(backbone_lr, int | float) and backbone_lr > 0
-        facts = [
-            f"{section['epochs']} epochs" if "epochs" in section else None,
+        trained = record.get("epochs") if record else None
+        facts_ = [
+            _epochs_text(section, record),
             f"batch size {section['batch_size']}" if "batch_size" in section else None,
-            _lr_text(section) if isinstance(section.get("lr"), int | float) else None,
+            _lr_text(section, trained) if isinstance(section.get("lr"), int | float) else None,
             f"backbone lr {backbone_lr:g}" if backbone_trained else None,
             f"weight decay {section['weight_decay']:g}"
             if isinstance(section.get("weight_decay"), int | float)
@@ -123,26 +152,52 @@ def _stage_lines(training_config: dict[str, Any]) -> list[str]:
         ]
         if stage == "detection":
             backbone = ", backbone" if backbone_trained else "; backbone frozen"
-            description = what[stage].format(backbone=backbone)
+            description = STAGE_TRAINS[stage].format(backbone=backbone)
         else:
-            description = what.get(stage, stage)
-        lines.append(f"- Stage {number}, **{stage}** — {description}: " + ", ".join(f for f in facts if f) + ".")
+            description = STAGE_TRAINS.get(stage, stage)
+        lines.append(f"- Stage {number}, **{stage}** — {description}: " + ", ".join(f for f in facts_ if f) + ".")
     return lines
 
 
-def _lr_text(section: dict[str, Any]) -> str:
-    """`lr 0.001 (x0.1 after epoch 40)`: the StepLR schedule of `finetune/training/loop.py`."""
+def _epochs_text(section: dict[str, Any], record: dict[str, Any] | None) -> str | None:
+    """`12 of 50 epochs (early stopping)` / `50 epochs` from the run's record; the configured number, said to
+    be only that, for a folder without one."""
+    if record and isinstance(record.get("epochs"), int):
+        planned = record.get("planned_epochs")
+        text = _count(record["epochs"], "epoch")
+        if isinstance(planned, int) and planned != record["epochs"]:
+            text = f"{record['epochs']} of {_count(planned, 'epoch')}"
+        return text + (" (early stopping)" if record.get("stopped_early") else "")
+    if isinstance(section.get("epochs"), int):
+        return f"{_count(section['epochs'], 'epoch')} configured (epochs trained not recorded)"
+    return None
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+def _lr_text(section: dict[str, Any], trained_epochs: int | None) -> str:
+    """`lr 0.001 (×0.1 after epoch 40)`: the StepLR schedule of `finetune/training/loop.py`, which multiplies
+    the lr by `lr_gamma` every `lr_drop_epochs` epochs; only the drops the epochs trained reached are named
+    (all those the configured epochs would reach when the epochs trained are not recorded)."""
     text = f"lr {section['lr']:g}"
-    gamma, epochs = section.get("lr_gamma"), section.get("epochs")
-    if isinstance(gamma, int | float) and gamma < 1 and isinstance(epochs, int):
-        drop = section.get("lr_drop_epochs") or max(1, math.ceil(epochs * 2 / 3))
-        if drop < epochs:
-            text += f" (×{gamma:g} after epoch {drop})"
+    gamma, planned = section.get("lr_gamma"), section.get("epochs")
+    if not (isinstance(gamma, int | float) and gamma < 1 and isinstance(planned, int)):
+        return text
+    step = section.get("lr_drop_epochs") or max(1, math.ceil(planned * 2 / 3))
+    epochs = trained_epochs if isinstance(trained_epochs, int) else planned
+    drops = list(range(step, epochs, step))  # the lr changes after epoch m when epoch m + 1 was trained
+    if drops:
+        text += f" (×{gamma:g} after epoch{'s' if len(drops) > 1 else ''} {', '.join(map(str, drops))})"
+    elif isinstance(trained_epochs, int) and step < planned:
+        text += f" (constant: the ×{gamma:g} drop after epoch {step} was not reached)"
     return text
 
 
 def started_from(training_config: dict[str, Any], train_facts: dict[str, Any]) -> str:
-    """`the Hub checkpoint X` / `the local checkpoint X` / `a random initialisation (...)`."""
+    """`the Hub checkpoint X` / `the local checkpoint X` / `a random initialisation (...)`, as recorded by
+    training; a folder without the record names the checkpoint without claiming which it was."""
     model = training_config.get("model") or {}
     recorded = train_facts.get("started_from") or {}
     name = recorded.get("name", model.get("model_name_or_path"))
@@ -152,9 +207,11 @@ def started_from(training_config: dict[str, Any], train_facts: dict[str, Any]) -
         keys = ("backbone", "d_model", "encoder_layers", "decoder_layers", "num_queries")
         described = ", ".join(f"{k} {overrides[k]}" for k in keys if k in overrides)
         return "a random initialisation (no pretrained weights" + (f"; DetrConfig {described})" if described else ")")
-    if kind == "hub" or (kind is None and base_model_id(training_config)):
+    if kind == "hub":
         return f"the Hub checkpoint [`{name}`](https://huggingface.co/{name})"
-    return f"the local checkpoint `{name}`"
+    if kind == "local":
+        return f"the local checkpoint `{name}`"
+    return f"the checkpoint `{name}` (Hub id or local folder: not recorded)"
 
 
 def build_model_card(
@@ -177,15 +234,16 @@ def build_model_card(
         license: SPDX-like license id for the metadata.
         dataset_id: Hub dataset id of the training data, when it is published.
         extra_tags: Added to the default tags.
-        train_facts: Parsed `train_results.json` (start point, hardware, time per stage, data size); None =
-            the facts are "not recorded" (older folders: `hardware` / `train_runtime` in `results` are used).
+        train_facts: Parsed `train_results.json` (start point, hardware, data size, per stage the epochs
+            trained, early stop, training and evaluation time); None = the facts are "not recorded" (older
+            folders: `hardware` / `train_runtime` in `results` are used).
 
     Returns:
         A `ModelCard` whose metadata has ``library_name: transformers``, ``pipeline_tag:
         image-segmentation``, license, base model, datasets, tags and the model-index results.
     """
     facts = _facts(results, train_facts or {})
-    base = base_model_id(training_config) if (facts["started_from"] or {}).get("kind") in (None, "hub") else None
+    base = base_model_id(facts["started_from"])
     data = training_config.get("data") or {}
     dataset_name = dataset_id or Path(str(data.get("dataset_dir") or "construction-site panoptic")).name
     split = data.get("eval_split", "val")
@@ -220,15 +278,21 @@ def build_model_card(
 
 
 def _facts(results: dict[str, Any], train_facts: dict[str, Any]) -> dict[str, Any]:
-    """The run's facts: `train_results.json`, else the keys older folders kept in `all_results.json`."""
+    """The run's facts: `train_results.json`, else the keys older folders kept in `all_results.json`.
+
+    `stages` holds the per-stage records; `stage_runtime` (older `train_results.json`) only the wall time
+    of each stage with its evaluations, labelled as such by `_training_time`.
+    """
     runtime = train_facts.get("train_runtime", _first(results, RUNTIME_KEYS))
     return {
         "started_from": train_facts.get("started_from"),
         "hardware": train_facts.get("hardware", _first(results, HARDWARE_KEYS)),
         "num_processes": train_facts.get("num_processes", results.get("num_processes")),
         "mixed_precision": train_facts.get("mixed_precision"),
+        "stages": train_facts.get("stages") or {},
         "stage_runtime": train_facts.get("stage_runtime") or {},
         "train_runtime": runtime,
+        "eval_runtime": train_facts.get("eval_runtime"),
         "train_samples": train_facts.get("train_samples"),
         "eval_samples": train_facts.get("eval_samples"),
     }
@@ -281,7 +345,19 @@ def _intro_section(
 
 A DETR{_backbone_name(config)} panoptic segmentation model {how} on {dataset_name} (CVAT annotations{images};
 {n_things} thing and {n_stuff} stuff classes), starting from {origin}. Trained with the detr-panoptic tooling
-in two stages: the box model first, then the mask head with the detector frozen."""
+{_stages_sentence(stages_run(training_config, facts))}"""
+
+
+def _stages_sentence(stages: list[str]) -> str:
+    """What the stages that ran did, in words (the intro's last sentence)."""
+    if stages == ["detection", "masks"]:
+        return "in two stages: the box model first, then the mask head with the detector frozen."
+    if stages == ["detection"]:
+        return ("in one stage, `detection`: the box model only; the mask head was not trained (its weights "
+                "are those of the start point).")
+    if stages == ["masks"]:
+        return "in one stage, `masks`: the mask head only, on the start point's detector, kept frozen."
+    return "in the stages " + ", ".join(f"`{stage}`" for stage in stages) + "."
 
 
 def _results_section(training_config: dict[str, Any], results: dict[str, Any], dataset_name: str) -> str:
@@ -385,7 +461,7 @@ def _recipe_section(training_config: dict[str, Any], facts: dict[str, Any], data
         f"- Started from: {started_from(training_config, facts)}",
         f"- Training data: {dataset_name} (split `{data.get('train_split', 'train')}`{images}; "
         f"evaluated on `{data.get('eval_split', 'val')}`{evaluated})",
-        *_stage_lines(training_config),
+        *_stage_lines(training_config, facts),
     ]
     if data.get("train_scales"):
         scales = data["train_scales"]
@@ -395,13 +471,14 @@ def _recipe_section(training_config: dict[str, Any], facts: dict[str, Any], data
             f"evaluation at shortest edge {data.get('eval_size')} px"
         )
     lines.append(f"- Hardware: {_hardware(facts, run)}")
-    lines.append(f"- Training time: {_training_time(facts)}; seed {run.get('seed', 'not recorded')}")
+    lines.append(f"- Time: {_training_time(facts)}")
+    lines.append(f"- Seed: {run.get('seed', 'not recorded')}")
     return f"""## Training recipe
 
 {chr(10).join(lines)}
 
 The full configuration is in `training_config.yaml`, the final metrics in `all_results.json`, the run's
-facts (hardware, time per stage) in `train_results.json` when recorded."""
+facts (hardware, epochs and time per stage) in `train_results.json` when recorded."""
 
 
 def _hardware(facts: dict[str, Any], run: dict[str, Any]) -> str:
@@ -414,10 +491,27 @@ def _hardware(facts: dict[str, Any], run: dict[str, Any]) -> str:
 
 
 def _training_time(facts: dict[str, Any]) -> str:
+    """Training and evaluation wall time, each labelled, per stage; older records (one figure per stage,
+    evaluation included) and older folders (one total) say what they hold."""
+    records = facts.get("stages") or {}
+    if records and all(isinstance(r.get("train_seconds"), int | float) for r in records.values()):
+        train = sum(r["train_seconds"] for r in records.values())
+        evaluation = sum(r.get("eval_seconds") or 0.0 for r in records.values())
+        per_stage = "; ".join(
+            f"{stage} {_duration(r['train_seconds'])} + {_duration(r.get('eval_seconds') or 0.0)}"
+            for stage, r in records.items()
+        )
+        return (
+            f"{_duration(train)} training + {_duration(evaluation)} evaluation ({per_stage}); wall-clock summed "
+            "over resumes, checkpoint writing not included, and the part of an epoch redone after an "
+            "interruption counted once"
+        )
     if facts.get("train_runtime") is None:
         return "not recorded"
     per_stage = ", ".join(f"{stage} {_duration(sec)}" for stage, sec in facts["stage_runtime"].items())
-    return _duration(facts["train_runtime"]) + (f" ({per_stage})" if per_stage else "")
+    return f"{_duration(facts['train_runtime'])} of training, evaluation included" + (
+        f" ({per_stage})" if per_stage else ""
+    )
 
 
 def _limitations_section(
@@ -432,19 +526,19 @@ def _limitations_section(
             + (f", on {n_train} images" if n_train else "")
             + ": a demonstration of the pipeline, not a model to use."
         )
-    elif isinstance(n_train, int) and n_train < 500:
+    elif isinstance(n_train, int) and n_train < FEW_TRAINING_IMAGES:
         lines.append(f"- Fine-tuned on only {n_train} images: expect poor results on scenes unlike them.")
     things, stuff = results.get("pq_things"), results.get("pq_stuff")
-    if isinstance(things, int | float) and isinstance(stuff, int | float) and abs(things - stuff) >= 0.05:
+    if isinstance(things, int | float) and isinstance(stuff, int | float) and abs(things - stuff) >= THINGS_STUFF_GAP:
         worse, better = ("things", "stuff") if things < stuff else ("stuff", "things")
         low, high = sorted((things, stuff))
         lines.append(f"- {worse.title()} are segmented much worse than {better}: PQ {worse} {low:.3f} "
                      f"vs PQ {better} {high:.3f}.")
-    weak = sorted((pq, name) for name, pq in (results.get("per_class_pq") or {}).items() if pq < 0.1)
+    weak = sorted((pq, name) for name, pq in (results.get("per_class_pq") or {}).items() if pq < WEAK_CLASS_PQ)
     if weak:
         names = ", ".join(f"{name} ({pq:.2f})" for pq, name in weak)
-        lines.append(f"- Classes with PQ below 0.1, mostly missed or wrong: {names}.")
-    if isinstance(results.get("pq"), int | float) and results["pq"] < 0.3:
+        lines.append(f"- Classes with PQ below {WEAK_CLASS_PQ:g}, mostly missed or wrong: {names}.")
+    if isinstance(results.get("pq"), int | float) and results["pq"] < LOW_OVERALL_PQ:
         lines.append(f"- Overall PQ {results['pq']:.3f}: many segments are missed or wrong.")
     lines += [
         "- The data is domain-specific: expect worse results on other scenes, viewpoints, weather and lighting,"

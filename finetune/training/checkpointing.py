@@ -3,7 +3,8 @@
 Layout::
 
     output_dir/checkpoints/<stage>-epoch<k>/     k = epochs of <stage> completed (1-based)
-        model.safetensors, optimizer.bin, scheduler.bin, random_states_<rank>.pkl, ...  (accelerate)
+        model.safetensors, optimizer.bin, scheduler.bin, random_states_<rank>.pkl,     (accelerate)
+        custom_checkpoint_<i>.pkl (the EMA, when on), scaler.pt (fp16 gradient scaler)
         trainer_state.json                                                            (this module)
         training_config.yaml
 
@@ -12,7 +13,8 @@ saving never leaves a half-written `<stage>-epoch<k>` behind. A checkpoint damag
 truncated by a full disk, deleted by hand) is found before resuming (`check_checkpoint`): an explicit
 `--resume_from_checkpoint DIR` stops with a one-line error naming the folder and the file, while
 `--resume_from_checkpoint latest` takes the newest complete checkpoint and logs the ones it skipped.
-Resuming is epoch-granular: a run killed mid-epoch restarts that epoch from the last checkpoint (its
+A stage that stopped early (`TrainerState.stopped`) is done: resuming from its checkpoint goes on with
+the next stage, as the uninterrupted run did. Resuming is epoch-granular: a run killed mid-epoch restarts that epoch from the last checkpoint (its
 RNG state included), which reproduces the uninterrupted run exactly.
 """
 
@@ -38,6 +40,11 @@ CONFIG_FILE = "training_config.yaml"
 # What `accelerator.save_state` writes for one model, optimizer and scheduler (besides RNG states).
 MODEL_FILE = "model.safetensors"
 TORCH_FILES = ("optimizer.bin", "scheduler.bin")
+# Written by `save_state` when the run has them: one RNG pickle per process (`random_states_<rank>.pkl`),
+# one pickle per object registered with `register_for_checkpointing` (the EMA), and the fp16 gradient scaler.
+RNG_STATES_PATTERN = "random_states_*.pkl"
+CUSTOM_OBJECTS_PATTERN = "custom_checkpoint_*.pkl"
+SCALER_FILE = "scaler.pt"
 _NAME = re.compile(r"^(?P<stage>[a-z]+)-epoch(?P<epoch>\d+)$")
 
 
@@ -56,9 +63,12 @@ class TrainerState:
         best_metric: best value of the stage's metric so far (None before any evaluation).
         metric_name: `box_map` (detection) or `pq` (masks).
         last_eval: the metrics of the latest evaluation in this stage (for `all_results.json` after a resume).
-        stage_runtime: wall-clock seconds spent training each stage so far (the model card's times).
+        stage_records: per stage so far, what `train_results.json` and the model card report: ``epochs``
+            trained, ``planned_epochs``, ``stopped_early``, ``train_seconds`` and ``eval_seconds``
+            (wall-clock, across resumes; see `new_stage_record`).
         early_stopping: the stage's `EarlyStopping` state (`best`, `bad_evaluations`), so that a resumed
             stage stops where an uninterrupted one would.
+        stopped: the stage stopped early after `epoch`: a resume from this checkpoint trains no more of it.
     """
 
     stage: str
@@ -67,8 +77,25 @@ class TrainerState:
     best_metric: float | None = None
     metric_name: str | None = None
     last_eval: dict | None = None
-    stage_runtime: dict = field(default_factory=dict)
+    stage_records: dict = field(default_factory=dict)
     early_stopping: dict = field(default_factory=dict)
+    stopped: bool = False
+
+
+def new_stage_record(planned_epochs: int) -> dict:
+    """The record of a stage before its first epoch (`TrainerState.stage_records`).
+
+    ``train_seconds`` counts the epochs' training steps, ``eval_seconds`` the evaluations (and keeping the
+    best model); writing checkpoints is in neither. Both add up over resumes; the part of an epoch that a
+    killed run did after its last checkpoint is redone on resume and counted once, in the redo.
+    """
+    return {"epochs": 0, "planned_epochs": planned_epochs, "stopped_early": False, "train_seconds": 0.0,
+            "eval_seconds": 0.0}
+
+
+# Keys of `trainer_state.json` files written by older versions, ignored when read: `stage_runtime` mixed
+# training and evaluation time, so it cannot be carried over as either.
+_LEGACY_STATE_KEYS = ("stage_runtime",)
 
 
 def checkpoints_dir(output_dir: str | Path) -> Path:
@@ -83,7 +110,10 @@ def read_trainer_state(checkpoint: str | Path) -> TrainerState:
     """
     path = Path(checkpoint) / STATE_FILE
     try:
-        state = TrainerState(**json.loads(path.read_text(encoding="utf-8")))
+        data = json.loads(path.read_text(encoding="utf-8"))
+        for key in _LEGACY_STATE_KEYS:
+            data.pop(key, None)
+        state = TrainerState(**data)
     except FileNotFoundError:
         raise CheckpointError(
             f"checkpoint {checkpoint}: {STATE_FILE} is missing (not a complete checkpoint)"
@@ -104,8 +134,11 @@ def _one_line(err: BaseException) -> str:
 def check_checkpoint(checkpoint: str | Path) -> TrainerState:
     """Check that every file a resume reads is there and not truncated; returns the trainer state.
 
-    Cheap checks, no tensor is loaded: the safetensors header must cover the whole file (a truncated
-    file fails), and the torch files (zip archives) must have their central directory (at the end).
+    No tensor is loaded: the safetensors header must cover the whole file (a truncated file fails), the
+    large torch files (zip archives: optimizer, scheduler, scaler) must have their central directory (at
+    the end), and every record of the RNG states and of the EMA (`custom_checkpoint_*.pkl`) must pass its
+    CRC. The RNG states must be there (`save_state` always writes them); the EMA and the scaler are
+    checked when the checkpoint has them.
 
     Raises:
         CheckpointError: `checkpoint {path}: {file} is missing|truncated or corrupt (...)`, one line.
@@ -126,14 +159,39 @@ def check_checkpoint(checkpoint: str | Path) -> TrainerState:
         raise CheckpointError(
             f"checkpoint {folder}: {MODEL_FILE} is truncated or corrupt ({_one_line(err)})"
         ) from err
-    for name in TORCH_FILES:
-        try:
-            zipfile.ZipFile(folder / name).close()
-        except (OSError, zipfile.BadZipFile) as err:
-            raise CheckpointError(
-                f"checkpoint {folder}: {name} is truncated or corrupt ({_one_line(err)})"
-            ) from err
+    scaler = [SCALER_FILE] if (folder / SCALER_FILE).exists() else []
+    for name in (*TORCH_FILES, *scaler):
+        _check_torch_archive(folder, name, read_all=False)
+    rng_states = sorted(path.name for path in folder.glob(RNG_STATES_PATTERN))
+    if not rng_states:
+        raise CheckpointError(
+            f"checkpoint {folder}: {RNG_STATES_PATTERN} is missing (not a complete checkpoint)"
+        )
+    for name in (*rng_states, *sorted(path.name for path in folder.glob(CUSTOM_OBJECTS_PATTERN))):
+        _check_torch_archive(folder, name, read_all=True)
     return state
+
+
+def _check_torch_archive(folder: Path, name: str, read_all: bool) -> None:
+    """`torch.save` writes a zip archive (Accelerate's `.bin`, `.pt` and `.pkl` files alike).
+
+    Args:
+        folder: the checkpoint.
+        name: the file in it.
+        read_all: also check the CRC of every record (`ZipFile.testzip`, reads the whole file: used for the
+            small RNG states and the EMA); otherwise only the central directory at the end, which a
+            truncated file lacks.
+
+    Raises:
+        CheckpointError: naming the file, when it is not a complete archive.
+    """
+    try:
+        with zipfile.ZipFile(folder / name) as archive:
+            bad = archive.testzip() if read_all else None
+    except (OSError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile) as err:
+        raise CheckpointError(f"checkpoint {folder}: {name} is truncated or corrupt ({_one_line(err)})") from err
+    if bad is not None:
+        raise CheckpointError(f"checkpoint {folder}: {name} is truncated or corrupt (bad CRC in {bad})")
 
 
 def list_checkpoints(output_dir: str | Path) -> list[Path]:

@@ -7,8 +7,9 @@
     preprocessor_config.json  DetrImageProcessor(format="coco_panoptic"), the evaluation size of training
     training_config.yaml      the run's configuration
     all_results.json          the metrics (final: last evaluation of each stage), fractions in [0, 1]
-    train_results.json        final only: how it was trained (start point, hardware, time per stage, data
-                              size), read by the model card (`finetune/hub/model_card.py`)
+    train_results.json        final only: how it was trained (start point, hardware, data size, and per
+                              stage the epochs trained, early stop, training and evaluation time), read
+                              by the model card (`finetune/hub/model_card.py`)
 
 Every file gets the permissions a plain `open` gives (0666 less the umask), like the rest of `output_dir`.
 
@@ -118,29 +119,40 @@ def run_facts(
     device: torch.device,
     num_processes: int,
     mixed_precision: str,
-    stage_runtime: dict[str, float],
+    stage_records: dict[str, dict[str, Any]],
     train_samples: int,
     eval_samples: int,
 ) -> dict[str, Any]:
     """`train_results.json`: what the model card states about the run, measured (never guessed).
 
     Args:
-        config: the run's configuration (start point, stages).
+        config: the run's configuration (start point).
         device: the device of the main process.
         num_processes: training processes (one per device).
         mixed_precision: Accelerate's precision (`no`, `fp16`, `bf16`, `fp8`).
-        stage_runtime: wall-clock training seconds per stage (evaluation included, across resumes).
+        stage_records: per stage that made the final weights, in training order: ``epochs`` trained,
+            ``planned_epochs``, ``stopped_early``, ``train_seconds``, ``eval_seconds`` (wall-clock, across
+            resumes; `finetune.training.checkpointing.new_stage_record`).
         train_samples, eval_samples: images in the training and evaluation splits.
+
+    Returns:
+        The facts; ``stages`` holds the records (seconds rounded to 0.1 s), ``train_runtime`` and
+        ``eval_runtime`` their training and evaluation seconds summed over the stages.
     """
     source = config.model.model_name_or_path
     kind = "random_init" if source is None else ("local" if Path(source).expanduser().is_dir() else "hub")
+    stages = {
+        stage: {**record, "train_seconds": round(record["train_seconds"], 1), "eval_seconds": round(record["eval_seconds"], 1)}
+        for stage, record in stage_records.items()
+    }
     return {
         "started_from": {"kind": kind, "name": source, "config_overrides": config.model.config_overrides},
         "hardware": device_description(device),
         "num_processes": num_processes,
         "mixed_precision": mixed_precision,
-        "stage_runtime": {stage: round(seconds, 1) for stage, seconds in stage_runtime.items()},
-        "train_runtime": round(sum(stage_runtime.values()), 1),
+        "stages": stages,
+        "train_runtime": round(sum(r["train_seconds"] for r in stage_records.values()), 1),
+        "eval_runtime": round(sum(r["eval_seconds"] for r in stage_records.values()), 1),
         "train_samples": train_samples,
         "eval_samples": eval_samples,
     }

@@ -15,16 +15,16 @@ wraps the model, and the trainable set changes between stages) together with its
 scheduler and loader; `accelerator.free_memory()` drops the previous stage's objects first, so that
 `save_state`/`load_state` always see exactly one model, optimiser and scheduler.
 
-Test hook: with the environment variable `DETR_PANOPTIC_KILL_AT_STEP=N`, every process SIGKILLs itself
-right after optimiser step N (global, all stages): a deterministic stand-in for an out-of-memory kill or
-a preempted machine, used by `tests/test_train_resume.py`. Unset in normal runs.
+The stage's record (`TrainerState.stage_records`: epochs trained, whether it stopped early, training and
+evaluation seconds) is updated after every epoch and saved with each checkpoint, so that it adds up
+over resumes; `finetune/training/export.py` writes it to `train_results.json` for the model card. A
+stage that stopped early is done: resumed from its last checkpoint, it trains no further epoch.
 """
 
 from __future__ import annotations
 
+import copy
 import math
-import os
-import signal
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -41,7 +41,7 @@ from finetune.config import StageConfig, TrainingConfig
 from finetune.evaluation.loop import EvalContext, evaluate
 from finetune.modeling.stages import compute_stage_loss, param_groups
 from finetune.trainer_config import TrainerConfig
-from finetune.training.checkpointing import TrainerState, save_checkpoint
+from finetune.training.checkpointing import TrainerState, new_stage_record, save_checkpoint
 from finetune.training.early_stopping import EarlyStopping
 from finetune.training.ema import WeightEma
 from finetune.training.metrics_log import MetricsLogger
@@ -50,7 +50,6 @@ from finetune.training.speed import make_adamw
 logger = get_logger(__name__)
 
 STAGE_METRIC = {"detection": "box_map", "masks": "pq"}
-KILL_AT_STEP_ENV = "DETR_PANOPTIC_KILL_AT_STEP"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -72,7 +71,8 @@ class RunSession:
         global_step: optimiser steps so far, all stages (updated by `fit_stage`).
         last_eval: the latest evaluation metrics per stage.
         flush_best: writes the best models `save_best` kept (called before each checkpoint); None = nothing kept.
-        stage_runtime: wall-clock seconds of training per stage (across resumes), for the model card.
+        stage_records: per stage, epochs trained, early stop, training and evaluation seconds (across
+            resumes; `checkpointing.new_stage_record`), for `train_results.json` and the model card.
     """
 
     accelerator: Accelerator
@@ -85,7 +85,7 @@ class RunSession:
     global_step: int = 0
     last_eval: dict[str, dict[str, Any]] = field(default_factory=dict)
     flush_best: Callable[[], None] | None = None
-    stage_runtime: dict[str, float] = field(default_factory=dict)
+    stage_records: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class _StepWindow:
@@ -171,8 +171,9 @@ def build_optimizer(
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """AdamW over the stage's trainable parameters (backbone at `backbone_lr`) and a per-epoch StepLR.
 
-    The LR drops once by `lr_gamma` after `lr_drop_epochs` epochs (default: 2/3 of the stage, as DETR's
-    200 -> drop at 133 schedule). `fused`: torch's fused AdamW where supported (`training.speed.make_adamw`).
+    The LR is multiplied by `lr_gamma` every `lr_drop_epochs` epochs (StepLR); the default, 2/3 of the
+    stage (DETR's 200 -> drop at 133 schedule), drops it once. `fused`: torch's fused AdamW where
+    supported (`finetune.training.speed.make_adamw`).
     """
     groups = param_groups(model, stage, stage_cfg.lr, stage_cfg.backbone_lr, stage_cfg.weight_decay)
     optimizer = make_adamw(groups, stage_cfg.lr, stage_cfg.weight_decay, fused)
@@ -192,7 +193,6 @@ def train_one_epoch(
     global_step: int,
     metrics: MetricsLogger,
     logging_steps: int,
-    nan_at_step: int | None = None,
     progress: tqdm | None = None,
     after_step: Callable[[], None] | None = None,
     check_gradients: bool = False,
@@ -205,7 +205,6 @@ def train_one_epoch(
         max_grad_norm: clip the global gradient norm to this (None = no clipping).
         epoch: 0-based epoch of the stage (for logs and errors).
         global_step: optimiser steps before this epoch.
-        nan_at_step: testing aid, poison the loss at this global step.
         progress: the stage's progress bar (advanced per batch; None = no bar).
         after_step: called after every optimiser step (the EMA update).
         check_gradients: stop on a non-finite gradient norm (not under fp16, whose scaler skips those steps).
@@ -232,8 +231,6 @@ def train_one_epoch(
                 loss, components = compute_stage_loss(
                     model, stage, batch["pixel_values"], batch["pixel_mask"], batch["labels"]
                 )
-            if nan_at_step is not None and global_step + 1 == nan_at_step:
-                loss = loss * float("nan")
             window.add(loss, components, global_step + 1)
             accelerator.backward(loss)
             check = check_gradients and accelerator.mixed_precision != "fp16"
@@ -255,7 +252,6 @@ def train_one_epoch(
             if global_step % logging_steps == 0:
                 record = _log_window(window, components, accelerator, stage, epoch, global_step, optimizer, metrics)
                 progress.set_postfix({"step": global_step, "loss": f"{record['loss']:.3f}", "lr": f"{record['lr']:.2g}"})
-            _kill_if_requested(global_step)
     if window.batches:  # the steps after the last log: checked before the epoch counts as done
         _log_window(window, components, accelerator, stage, epoch, global_step, optimizer, None)
     mean_loss = accelerator.reduce(total_loss / max(batches, 1), reduction="mean")
@@ -287,7 +283,8 @@ def _log_window(
             raise NonFiniteLossError(
                 f"non-finite gradient norm in stage '{stage}', epoch {epoch + 1}, step {int(bad_step)} "
                 f"with a finite loss ({bad_loss:.4g}). Training stopped; the last good checkpoint is kept in "
-                "checkpoints/ (a trained random backbone under frozen BatchNorm does this: set backbone_lr 0)."
+                "checkpoints/ (a backbone trained at too high an lr under frozen BatchNorm does this: lower "
+                "backbone_lr, or set it to 0 to freeze the backbone)."
             )
         raise NonFiniteLossError(
             f"non-finite training loss in stage '{stage}', epoch {epoch + 1}, step {int(bad_step)} "
@@ -299,12 +296,6 @@ def _log_window(
     if metrics is not None:
         metrics.log(record)
     return record
-
-
-def _kill_if_requested(global_step: int) -> None:
-    """The test hook of the module docstring: SIGKILL this process after step `DETR_PANOPTIC_KILL_AT_STEP`."""
-    if os.environ.get(KILL_AT_STEP_ENV) == str(global_step):
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _should_evaluate(epoch: int, epochs: int, every: int) -> bool:
@@ -383,12 +374,19 @@ def fit_stage(
         stopper.bad_evaluations = state.early_stopping.get("bad_evaluations", 0)
         logger.info(f"resumed stage {stage} after epoch {state.epoch} (step {state.global_step}) from {path}")
 
-    session.stage_runtime.update(state.stage_runtime)
-    started, runtime_before = time.monotonic(), session.stage_runtime.get(stage, 0.0)
-    progress = stage_progress(accelerator, stage, stage_cfg.epochs, len(loader), state.epoch)
-    for epoch in range(state.epoch, stage_cfg.epochs):
+    for name, saved in state.stage_records.items():
+        session.stage_records[name] = dict(saved)
+    record = session.stage_records.setdefault(stage, new_stage_record(stage_cfg.epochs))
+    record.update(planned_epochs=stage_cfg.epochs, epochs=state.epoch, stopped_early=state.stopped)
+    first_epoch = state.epoch
+    if state.stopped:  # an early stop is final: the uninterrupted run went on with the next stage here
+        logger.info(f"stage {stage} stopped early after epoch {state.epoch}: nothing left to train in it")
+        first_epoch = stage_cfg.epochs
+    progress = stage_progress(accelerator, stage, stage_cfg.epochs, len(loader), min(first_epoch, stage_cfg.epochs))
+    for epoch in range(first_epoch, stage_cfg.epochs):
         progress.set_description(f"{stage} epoch {epoch + 1}/{stage_cfg.epochs}")
         loader.set_epoch(epoch)
+        started = time.monotonic()
         session.global_step, train_loss = train_one_epoch(
             prepared,
             stage,
@@ -400,19 +398,20 @@ def fit_stage(
             session.global_step,
             session.metrics,
             config.logging.logging_steps,
-            config.run.debug_nan_loss_at_step,
             progress,
             after_step=None if ema is None else lambda: ema.update(accelerator.unwrap_model(prepared)),
             check_gradients=trainer.check_finite_gradients,
         )
         epoch_lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
-        record = {"type": "train_epoch", "stage": stage, "epoch": epoch, "step": session.global_step}
-        session.metrics.log({**record, "loss": train_loss, "lr": epoch_lr})
+        record["train_seconds"] += time.monotonic() - started
+        log = {"type": "train_epoch", "stage": stage, "epoch": epoch, "step": session.global_step}
+        session.metrics.log({**log, "loss": train_loss, "lr": epoch_lr})
         state.epoch, state.global_step = epoch + 1, session.global_step
         stop = False
         evaluated = _should_evaluate(epoch, stage_cfg.epochs, config.eval.eval_every_epochs)
         if evaluated:
+            started = time.monotonic()
             inner = accelerator.unwrap_model(prepared)
             weights = nullcontext() if ema is None else ema.applied(inner)  # EMA: evaluated and saved
             with weights:
@@ -432,8 +431,10 @@ def fit_stage(
                 state.best_metric = results[metric_name]
             stop = trainer.early_stopping_patience > 0 and stopper.should_stop(results[metric_name])
             state.early_stopping = {"best": stopper.best, "bad_evaluations": stopper.bad_evaluations}
-        session.stage_runtime[stage] = runtime_before + time.monotonic() - started
-        state.stage_runtime = dict(session.stage_runtime)
+            record["eval_seconds"] += time.monotonic() - started
+        state.stopped = stop
+        record["epochs"], record["stopped_early"] = epoch + 1, stop
+        state.stage_records = copy.deepcopy(session.stage_records)
         if stop or should_save(epoch, stage_cfg.epochs, config.run.save_every_epochs, evaluated):
             if session.flush_best is not None:
                 session.flush_best()  # best_<stage>/ on disk matches this checkpoint's best_metric

@@ -11,6 +11,7 @@ evaluation image).
 
 from __future__ import annotations
 
+import copy
 import io
 import logging
 import os
@@ -321,6 +322,9 @@ def fit(parts: RunParts, config: TrainingConfig, resume: tuple[Path, TrainerStat
     plan = stages_to_run(config, resume)
     if resume is not None:
         session.metrics.truncate_after(resume[1].global_step)
+        # The stages the checkpoint went through are part of the final model's history, also when this run
+        # trains none of them (`--stages masks` from a detection checkpoint).
+        session.stage_records = copy.deepcopy(resume[1].stage_records)
         if all(stage_resume is None for _, stage_resume in plan):
             load_checkpoint_weights(model, resume[0])
             session.global_step = resume[1].global_step
@@ -406,7 +410,7 @@ def save_final(
                 accelerator.device,
                 accelerator.num_processes,
                 effective_mixed_precision(accelerator),
-                parts.session.stage_runtime,
+                parts.session.stage_records,
                 parts.train_samples,
                 len(parts.eval_split),
             ),
