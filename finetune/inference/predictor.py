@@ -37,15 +37,10 @@ from finetune.inference.metadata import (
     stuff_label_ids,
 )
 from finetune.modeling.loading import ModelUnavailableError, load_checkpoint
-from finetune.predictor_options import add_predictor_arguments, predictor_from_args
 
-__all__ = [
-    "ModelLoadError",
-    "PanopticPredictor",
-    "add_predictor_arguments",  # re-exported: the CLI helpers live in `finetune.predictor_options`
-    "predictor_from_args",
-    "render_overlay",
-]
+# The command-line options that build a predictor live in `finetune.predictor_options`, which imports this
+# module lazily; importing them here would make the two modules import each other.
+__all__ = ["ModelLoadError", "PanopticPredictor", "render_overlay"]
 
 
 class ModelLoadError(RuntimeError):
