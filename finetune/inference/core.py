@@ -34,7 +34,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -198,6 +198,54 @@ def postprocess_image(
     return PanopticPrediction(ids=ids, segments=_segments(result["segments_info"], present))
 
 
+@dataclass
+class Detection:
+    """The class and box outputs of a batch, and what the same backend's mask stage reads.
+
+    Attributes:
+        logits: ``(B, Q, num_labels + 1)`` class logits.
+        pred_boxes: ``(B, Q, 4)`` normalised ``(cx, cy, w, h)`` boxes.
+        state: The backend's intermediate maps (a `finetune.modeling.mask_head.DetrBody` for PyTorch, the
+            body graph's outputs for ONNX Runtime), passed back to its ``masks``.
+    """
+
+    logits: torch.Tensor
+    pred_boxes: torch.Tensor | None
+    state: Any
+
+
+class SplitForward(Protocol):
+    """A panoptic DETR cut before its mask head: what `predict_batch` runs (PyTorch or ONNX Runtime)."""
+
+    def detect(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None) -> Detection:
+        """Backbone, transformer, class and box heads on a padded batch."""
+        ...
+
+    def masks(self, detection: Detection, image_index: torch.Tensor, query_index: torch.Tensor) -> torch.Tensor:
+        """``(N, H/4, W/4)`` mask logits of the N (image, query) pairs (N may be 0)."""
+        ...
+
+
+class TorchSplitForward:
+    """A `DetrForSegmentation` as a `SplitForward`, through `finetune.modeling.mask_head`."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def detect(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None) -> Detection:
+        body = run_body(self.model, pixel_values, pixel_mask)
+        return Detection(body.outputs.logits, body.outputs.pred_boxes, body)
+
+    def masks(self, detection: Detection, image_index: torch.Tensor, query_index: torch.Tensor) -> torch.Tensor:
+        body = detection.state
+        if image_index.numel() == 0:
+            return body.projected.new_zeros((0, *body.fpn_features[-1].shape[-2:]))
+        # The attention maps of all queries are cheap (1/32 resolution); only the mask head, where the time
+        # goes, sees the selected pairs alone.
+        maps = attention_maps(self.model, body)
+        return pair_masks(self.model.mask_head, body.projected, maps, body.fpn_features, image_index, query_index)
+
+
 @torch.inference_mode()
 def predict_batch(
     model: Any,
@@ -212,7 +260,8 @@ def predict_batch(
     """Panoptic predictions of a preprocessed batch (the inference core).
 
     Args:
-        model: A `DetrForSegmentation` in eval mode.
+        model: A `DetrForSegmentation` in eval mode, or another `SplitForward` (the ONNX export on ONNX
+            Runtime, `finetune.export.runtime.OnnxPanopticModel`): the post-processing is the same.
         processor: Its `DetrImageProcessor` (post-processing only; the batch is already preprocessed).
         pixel_values: ``(B, 3, H, W)`` normalised images, padded bottom/right to a common size.
         pixel_mask: ``(B, H, W)`` 1 on image pixels, 0 on padding; None = no padding.
@@ -224,30 +273,35 @@ def predict_batch(
 
     Returns:
         The class logits and boxes of every query, and the predictions.
+
+    Raises:
+        ValueError: `full_forward` with a model that is not a `DetrForSegmentation`, or as many target sizes
+            as images.
     """
     batch = pixel_values.shape[0]
     if len(target_sizes) != batch:
         raise ValueError(f"{len(target_sizes)} target sizes for a batch of {batch} images")
-    if full_forward or not masks:
+    torch_model = isinstance(model, torch.nn.Module)
+    if full_forward and not torch_model:
+        raise ValueError("full_forward needs a PyTorch DetrForSegmentation (an ONNX export has no full forward)")
+    if torch_model and (full_forward or not masks):
         outputs = (model if masks else model.detr)(pixel_values=pixel_values, pixel_mask=pixel_mask)
         logits = outputs.logits.float()
+        boxes = outputs.pred_boxes
         per_image = [(logits[i], outputs.pred_masks[i]) for i in range(batch)] if masks else []
         mask_queries = logits.shape[0] * logits.shape[1] if masks else 0
     else:
-        body = run_body(model, pixel_values, pixel_mask)
-        outputs = body.outputs
-        logits = outputs.logits.float()
-        keep = selected_queries(logits, post.threshold)
-        image_index, query_index = keep.nonzero(as_tuple=True)
-        if image_index.numel():
-            maps = attention_maps(model, body)
-            masks_of_pairs = pair_masks(
-                model.mask_head, body.projected, maps, body.fpn_features, image_index, query_index
-            )
-        else:
-            masks_of_pairs = body.projected.new_zeros((0, *body.fpn_features[-1].shape[-2:]))
-        per_image = [(logits[i][keep[i]], masks_of_pairs[image_index == i]) for i in range(batch)]
-        mask_queries = int(image_index.numel())
+        split = TorchSplitForward(model) if torch_model else model
+        detection = split.detect(pixel_values, pixel_mask)
+        logits = detection.logits.float()
+        boxes = detection.pred_boxes
+        per_image, mask_queries = [], 0
+        if masks:
+            keep = selected_queries(logits, post.threshold)
+            image_index, query_index = keep.nonzero(as_tuple=True)
+            masks_of_pairs = split.masks(detection, image_index, query_index)
+            per_image = [(logits[i][keep[i]], masks_of_pairs[image_index == i]) for i in range(batch)]
+            mask_queries = int(image_index.numel())
     padded = tuple(pixel_values.shape[-2:])
     predictions = [
         postprocess_image(processor, image_logits, image_masks, valid, padded, tuple(target), post)  # type: ignore[arg-type]
@@ -255,7 +309,7 @@ def predict_batch(
             per_image, valid_sizes(pixel_values, pixel_mask), target_sizes, strict=False
         )
     ]
-    boxes = None if outputs.pred_boxes is None else outputs.pred_boxes.float()
+    boxes = None if boxes is None else boxes.float()
     return BatchOutput(logits=logits, pred_boxes=boxes, predictions=predictions, mask_queries=mask_queries)
 
 
@@ -267,7 +321,7 @@ def predict_images(
     Returns:
         As `predict_batch`, with each id map at its image's size.
     """
-    device = next(model.parameters()).device
+    device = model.device  # transformers models and `SplitForward` backends both say where inputs go
     inputs = processor(images=list(images), return_tensors="pt").to(device)
     return predict_batch(
         model,
