@@ -296,3 +296,30 @@ def test_predict_cli_and_demo_accept_an_export(all_pass_export, tmp_path):
     predictor = PanopticPredictor.from_pretrained(export)
     overlay, rows = demo.segment_image(predictor, Image.open(photo), 0.0)
     assert overlay.size[0] == 90 and rows  # the legend goes below the photo
+
+
+def test_push_to_hub_uploads_the_export(shipped_export, exported, tmp_path, caplog):
+    from finetune.hub import cli as hub_cli
+    from finetune.hub.push import ModelFolderError, push_model_dir
+
+    upload = tmp_path / "upload"
+    push_model_dir(SHIPPED, "someone/site-model", dry_run_dir=upload, onnx_dir=shipped_export)
+    assert sorted(p.name for p in (upload / "onnx").iterdir()) == sorted(p.name for p in shipped_export.iterdir())
+    card = (upload / "README.md").read_text()
+    assert "## ONNX export" in card and 'hf download someone/site-model --include "onnx/*"' in card
+    assert 'PanopticPredictor.from_pretrained("site-model/onnx")' in card
+    # The staged onnx/ folder is an export the predictor loads.
+    assert isinstance(PanopticPredictor.from_pretrained(upload / "onnx").model, OnnxPanopticModel)
+    # Without the flag, no onnx/ folder and no section.
+    push_model_dir(SHIPPED, "someone/site-model", dry_run_dir=tmp_path / "plain")
+    assert not (tmp_path / "plain" / "onnx").exists()
+    assert "## ONNX export" not in (tmp_path / "plain" / "README.md").read_text()
+    # An export of another model (other labels) is refused, nothing staged.
+    with pytest.raises(ModelFolderError, match="labels differ"):
+        push_model_dir(SHIPPED, "someone/site-model", dry_run_dir=tmp_path / "other", onnx_dir=exported[1])
+    assert not (tmp_path / "other").exists()
+    with caplog.at_level(logging.ERROR):
+        code = hub_cli.main(
+            ["--model", str(SHIPPED), "--repo-id", "someone/x", "--dry-run", str(tmp_path / "x"), "--onnx", str(tmp_path)]
+        )
+    assert code == 1 and "not an ONNX export folder" in caplog.text
