@@ -29,7 +29,7 @@ install: $(STAMP)
 lock: install
 	$(VENV)/bin/uv pip compile --quiet --universal --python-version 3.11 --generate-hashes \
 		--custom-compile-command "make lock" --output-file $(LOCK).tmp \
-		requirements.txt requirements-dev.txt requirements-demo.txt
+		requirements.txt requirements-dev.txt requirements-demo.txt requirements-export.txt
 	# The reference panopticapi (PQ cross-checks in the tests) without its dependencies: its numpy<2 pin is spurious.
 	echo "# The reference panopticapi (dev), installed without its dependencies: its numpy<2 pin is spurious." >> $(LOCK).tmp
 	echo panopticapi-lite | $(VENV)/bin/uv pip compile --quiet --no-deps --no-header --no-annotate \

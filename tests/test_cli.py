@@ -26,6 +26,7 @@ CLIS = {
     "finetune.predict": ["finetune/predict.py"],
     "finetune.evaluation.pq_folders": ["-m", "finetune.evaluation.panoptic_quality"],
     "demo": ["demo.py"],
+    "finetune.export.cli": ["-m", "finetune.export"],
 }
 HEAVY = ("torch", "transformers", "datasets", "gradio", "accelerate", "timm")
 

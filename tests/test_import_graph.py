@@ -1,99 +1,97 @@
-"""The project's modules import each other without cycles, counting imports inside functions too (a lazy
-import that closes a cycle is still a cycle: each module then needs the other to be imported first)."""
+"""No two modules of the project import each other, directly or through others.
+
+An import circle works only as long as the lazy (function-level) side stays lazy, and makes the import order of
+the two modules matter. The graph below counts every import of a project module, at module level or inside a
+function, except those under ``if TYPE_CHECKING:`` (never executed).
+"""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
-import pytest
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("finetune", "dataset_scripts")
 
 
-def project_modules() -> dict[str, Path]:
-    """{dotted module name: file} for every module of the project's packages."""
+def _modules() -> dict[str, Path]:
     modules = {}
     for package in PACKAGES:
-        for path in sorted((REPO_ROOT / package).rglob("*.py")):
-            parts = list(path.relative_to(REPO_ROOT).with_suffix("").parts)
-            if parts[-1] == "__init__":
-                parts = parts[:-1]
-            modules[".".join(parts)] = path
+        for path in (ROOT / package).rglob("*.py"):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
     return modules
 
 
-def imported_modules(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
-    """The project modules `name` imports anywhere in its file (`from pkg import submodule` included)."""
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            targets = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join([*anchor, base] if base else anchor)
-            targets = [base, *(f"{base}.{alias.name}" for alias in node.names)]
-        else:
-            continue
-        found |= {target for target in targets if target in modules and target != name}
+def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """The project modules `name` imports (any level except ``if TYPE_CHECKING:`` blocks)."""
+    found: set[str] = set()
+    package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+
+    def visit(node: ast.AST) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                for other in child.orelse:
+                    visit(other)
+                continue
+            targets: list[str] = []
+            if isinstance(child, ast.Import):
+                targets = [alias.name for alias in child.names]
+            elif isinstance(child, ast.ImportFrom):
+                base = child.module or ""
+                if child.level:
+                    base = ".".join(package[: len(package) - child.level + 1] + ([base] if base else []))
+                targets = [base] + [f"{base}.{alias.name}" for alias in child.names]
+            found.update(t for t in targets if t in modules and t != name)
+            visit(child)
+
+    visit(ast.parse(path.read_text(encoding="utf-8")))
     return found
 
 
-def import_cycles() -> list[list[str]]:
-    """The strongly connected components of more than one module (Tarjan's algorithm), each sorted."""
-    modules = project_modules()
-    graph = {name: imported_modules(name, path, modules) for name, path in modules.items()}
+def import_cycles(graph: dict[str, set[str]]) -> list[frozenset[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []
     on_stack: set[str] = set()
-    cycles = []
+    components: list[frozenset[str]] = []
 
-    def visit(node: str) -> None:
+    def connect(node: str) -> None:
         index[node] = low[node] = len(index)
         stack.append(node)
         on_stack.add(node)
-        for other in graph[node]:
-            if other not in index:
-                visit(other)
-                low[node] = min(low[node], low[other])
-            elif other in on_stack:
-                low[node] = min(low[node], index[other])
+        for target in graph.get(node, ()):
+            if target not in index:
+                connect(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
         if low[node] == index[node]:
-            component = []
+            component = set()
             while True:
                 member = stack.pop()
                 on_stack.discard(member)
-                component.append(member)
+                component.add(member)
                 if member == node:
                     break
             if len(component) > 1:
-                cycles.append(sorted(component))
+                components.append(frozenset(component))
 
-    for name in graph:
-        if name not in index:
-            visit(name)
-    return sorted(cycles)
-
-
-def test_the_finder_sees_a_cycle_closed_by_a_lazy_import(tmp_path):
-    """`imported_modules` counts an import inside a function, the kind that hid config <-> config_cli."""
-    path = tmp_path / "a.py"
-    path.write_text("import finetune.b\n\ndef f():\n    from finetune import c\n", encoding="utf-8")
-    assert imported_modules("finetune.a", path, {"finetune.b": path, "finetune.c": path}) == {"finetune.b", "finetune.c"}
+    for node in graph:
+        if node not in index:
+            connect(node)
+    return components
 
 
-def test_the_configuration_modules_are_in_no_import_cycle():
-    involved = [cycle for cycle in import_cycles() if any(m.startswith("finetune.config") for m in cycle)]
-    assert involved == []
+def test_the_cycle_finder_finds_a_lazy_circle():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert import_cycles(graph) == [frozenset({"a", "b", "c"})]
 
 
-# The other cycle of issue #20 (finetune.inference.predictor <-> finetune.predictor_options) is broken on
-# another branch; strict: once it is merged this test passes, the xfail fails, and the marker must go.
-@pytest.mark.xfail(strict=True, reason="predictor <-> predictor_options, fixed on another branch (issue #20)")
-def test_no_import_cycles():
-    assert import_cycles() == []
+def test_no_import_circle():
+    modules = _modules()
+    graph = {name: _imports(name, path, modules) for name, path in modules.items()}
+    assert graph["finetune.predictor_options"] >= {"finetune.inference.predictor"}  # lazy imports count
+    cycles = [sorted(cycle) for cycle in import_cycles(graph)]
+    assert not cycles, f"modules importing each other: {cycles}"

@@ -18,7 +18,7 @@ from packaging.utils import canonicalize_name
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LOCK = REPO_ROOT / "requirements-lock.txt"
-RANGES = ["requirements.txt", "requirements-dev.txt", "requirements-demo.txt"]
+RANGES = ["requirements.txt", "requirements-dev.txt", "requirements-demo.txt", "requirements-export.txt"]
 CHECK = REPO_ROOT / ".ci" / "check_lock.py"
 
 

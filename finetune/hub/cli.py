@@ -1,7 +1,7 @@
 """Command line of `finetune.hub.push`: ``python push_to_hub.py`` / ``detr-panoptic-push``.
 
     python push_to_hub.py --model outputs/run/final --repo-id USER/NAME [--private] \
-        [--revision BRANCH] [--commit-message MSG] [--dry-run DIR]
+        [--revision BRANCH] [--commit-message MSG] [--dry-run DIR] [--onnx EXPORT_DIR]
 
 `--model` is the name every script uses for the checkpoint; `--model-dir` stays as a hidden alias.
 
@@ -39,6 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --dry-run DIR")
     parser.add_argument(
+        "--onnx",
+        metavar="EXPORT_DIR",
+        default=None,
+        help="also upload this ONNX export of the checkpoint (detr-panoptic-export --output-dir) as onnx/",
+    )
+    parser.add_argument(
         "--license", default=DEFAULT_LICENSE, help=f"model card license (default {DEFAULT_LICENSE})"
     )
     parser.add_argument(
@@ -61,6 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             license=args.license,
             dataset_id=args.dataset_id,
             overwrite_dry_run=args.overwrite,
+            onnx_dir=args.onnx,
         )
     except (ModelFolderError, FileExistsError) as err:
         logger.error("%s", err)

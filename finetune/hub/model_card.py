@@ -563,3 +563,43 @@ CITATION = """## Citation
 }
 ```
 """
+
+
+def onnx_section(repo_id: str, manifest: dict[str, Any]) -> str:
+    """The card's section on the ONNX export uploaded beside the weights (``push_to_hub.py --onnx``).
+
+    Args:
+        repo_id: ``user/name`` the card is for.
+        manifest: The export's ``export.json`` (`finetune.export.exporter.export_model`).
+    """
+    validation = manifest.get("validation") or {}
+    predictions = validation.get("predictions") or {}
+    weights = "int8 (dynamic quantization)" if manifest.get("quantize") == "int8" else "fp32"
+    checked = (
+        f" Before upload it was checked with `onnx.checker` and compared with the PyTorch model on a photo "
+        f"({predictions.get('same_segments')}/{predictions.get('images')} with the same segments)."
+        if predictions
+        else ""
+    )
+    return f"""## ONNX export
+
+The `onnx/` folder holds an ONNX export of this model (opset {manifest.get("opset")}, {weights} weights),
+written by `detr-panoptic-export`: `body.onnx` (backbone, transformer, class and box heads; any batch and
+image size) and `mask_head.onnx` (the mask head, run only on the queries above the threshold), with the
+config and image-processor files it needs.{checked} It runs on ONNX Runtime with the same API and
+post-processing as the PyTorch weights (`pip install -e ".[export]"` in a clone of detr-panoptic):
+
+```bash
+hf download {repo_id} --include "onnx/*" --local-dir {repo_id.split("/")[-1]}
+```
+
+```python
+from PIL import Image
+from finetune.inference import PanopticPredictor
+
+predictor = PanopticPredictor.from_pretrained("{repo_id.split("/")[-1]}/onnx")   # ONNX Runtime, CPU or CUDA
+[prediction] = predictor.predict([Image.open("site.jpg").convert("RGB")])
+```
+
+Without this package, `onnx/README.md` describes the two graphs' inputs and outputs and the
+post-processing."""

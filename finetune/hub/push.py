@@ -3,12 +3,13 @@
 The library behind ``python push_to_hub.py`` (CLI in `finetune.hub.cli`):
 
     python push_to_hub.py --model outputs/run/final --repo-id USER/NAME [--private] \
-        [--revision BRANCH] [--commit-message MSG] [--dry-run DIR]
+        [--revision BRANCH] [--commit-message MSG] [--dry-run DIR] [--onnx EXPORT_DIR]
 
 Nothing leaves the machine before the folder is checked: weights in safetensors, `config.json` with
 consistent `id2label`/`label2id` and `stuff_label_ids`, the image processor config,
 `training_config.yaml` and `all_results.json`. The upload folder (those files + a generated
-`README.md` model card) is staged and sent in ONE commit (`create_repo(exist_ok=True)` +
+`README.md` model card; with ``--onnx``, the ONNX export of the checkpoint in ``onnx/``) is staged and sent
+in ONE commit (`create_repo(exist_ok=True)` +
 `upload_folder`). `--dry-run DIR` writes exactly that folder to DIR and uploads nothing.
 
 The token comes from the `HF_TOKEN` environment variable or `hf auth login`; it is never printed.
@@ -36,7 +37,7 @@ from huggingface_hub.errors import (
 )
 
 from dataset_scripts.atomic_io import atomic_directory
-from finetune.hub.model_card import DEFAULT_LICENSE, build_model_card
+from finetune.hub.model_card import DEFAULT_LICENSE, build_model_card, onnx_section
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ OPTIONAL_FILES = ("metrics.jsonl", "eval_results.json", "train_results.json")
 WEIGHTS = "model.safetensors"
 TRAIN_FACTS = "train_results.json"  # start point, hardware, time per stage (finetune/training/export.py)
 WEIGHTS_INDEX = "model.safetensors.index.json"
+ONNX_FOLDER = "onnx"  # where an ONNX export goes in the model repo
 
 
 class ModelFolderError(ValueError):
@@ -207,11 +209,17 @@ def stage_upload_folder(
     repo_id: str,
     license: str = DEFAULT_LICENSE,
     dataset_id: str | None = None,
+    onnx_export: tuple[Path, dict[str, Any]] | None = None,
 ) -> Path:
-    """Copy the files to upload into `target` (which must be empty) and write the model card there."""
+    """Copy the files to upload into `target` (which must be empty) and write the model card there.
+
+    `onnx_export`: ``(folder, manifest)`` from `check_onnx_export`, copied to ``onnx/`` and described in the card.
+    """
     target.mkdir(parents=True, exist_ok=True)
     for name in checked.files:
         shutil.copy2(checked.path / name, target / name)
+    if onnx_export is not None:
+        shutil.copytree(onnx_export[0], target / ONNX_FOLDER)
     card = build_model_card(
         checked.config,
         checked.training_config,
@@ -221,8 +229,32 @@ def stage_upload_folder(
         dataset_id=dataset_id,
         train_facts=checked.train_facts,
     )
+    if onnx_export is not None:
+        card = type(card)(card.content.rstrip("\n") + "\n\n" + onnx_section(repo_id, onnx_export[1]) + "\n")
     card.save(target / "README.md")
     return target
+
+
+def check_onnx_export(folder: str | Path, checked: CheckedFolder) -> tuple[Path, dict[str, Any]]:
+    """An ONNX export folder (``detr-panoptic-export``) of the checkpoint being uploaded.
+
+    Raises:
+        ModelFolderError: not a complete export, or an export of a model with other labels.
+    """
+    folder = Path(folder)
+    manifest_path = folder / "export.json"
+    if not manifest_path.is_file():
+        raise ModelFolderError(f"--onnx {folder}: not an ONNX export folder (no export.json; see detr-panoptic-export)")
+    manifest = _read_json(manifest_path)
+    for name in ("body.onnx", "mask_head.onnx", "config.json", "preprocessor_config.json"):
+        if not (folder / name).is_file():
+            raise ModelFolderError(f"--onnx {folder}: {name} is missing")
+    exported = _read_json(folder / "config.json")
+    if exported.get("id2label") != checked.config.get("id2label"):
+        raise ModelFolderError(
+            f"--onnx {folder}: its labels differ from {checked.path / 'config.json'} (an export of another model?)"
+        )
+    return folder, manifest
 
 
 def _validate_repo_id(repo_id: str) -> None:
@@ -247,6 +279,7 @@ def push_model_dir(
     license: str = DEFAULT_LICENSE,
     dataset_id: str | None = None,
     overwrite_dry_run: bool = False,
+    onnx_dir: str | Path | None = None,
 ) -> str:
     """Check `model_dir`, write its model card and upload it in one commit (or stage it for a dry run).
 
@@ -260,6 +293,7 @@ def push_model_dir(
         api: An `HfApi` (tests pass a recorder); default: a new one using the saved/env token.
         license, dataset_id: Model card metadata.
         overwrite_dry_run: Replace an existing `dry_run_dir`.
+        onnx_dir: An ONNX export of the checkpoint (``detr-panoptic-export``), uploaded as ``onnx/``.
 
     Returns:
         The commit URL, or the dry-run folder path.
@@ -270,19 +304,22 @@ def push_model_dir(
     """
     _validate_repo_id(repo_id)
     checked = check_model_dir(model_dir)
+    onnx_export = check_onnx_export(onnx_dir, checked) if onnx_dir is not None else None
     if commit_message is None:
         commit_message = f"Upload {repo_id.split('/')[-1]} (PQ {float(checked.results['pq']):.3f})"
 
     if dry_run_dir is not None:
         with atomic_directory(dry_run_dir, overwrite=overwrite_dry_run) as tmp:
-            stage_upload_folder(checked, tmp, repo_id, license=license, dataset_id=dataset_id)
+            stage_upload_folder(
+                checked, tmp, repo_id, license=license, dataset_id=dataset_id, onnx_export=onnx_export
+            )
         logger.info("dry run: wrote the upload folder to %s (nothing uploaded)", dry_run_dir)
         return str(dry_run_dir)
 
     api = api if api is not None else _authenticated_api()
     with tempfile.TemporaryDirectory(prefix="push_to_hub-") as tmp:
         staged = stage_upload_folder(
-            checked, Path(tmp) / "upload", repo_id, license=license, dataset_id=dataset_id
+            checked, Path(tmp) / "upload", repo_id, license=license, dataset_id=dataset_id, onnx_export=onnx_export
         )
         with _hub_errors(repo_id, "upload to"):
             api.create_repo(repo_id=repo_id, repo_type="model", private=private, exist_ok=True)

@@ -11,8 +11,9 @@ keeps only the queries whose best class is not "no object" and scores above ``th
 The fast path (default) runs ``model.detr`` (backbone, transformer, class and box heads), selects those
 queries exactly as ``post_process_panoptic_segmentation`` does (`selected_queries`), and runs
 ``bbox_attention`` + ``mask_head`` on the selected (image, query) pairs only, all images of the batch
-together (one flat batch of pairs). The kept queries' masks are the rows the full forward would compute
-(up to float rounding in the last bits, see `_mask_stage`), and the post-processing of transformers then
+together (one flat batch of pairs), through `finetune.modeling.mask_head` (shared with training and the
+ONNX export). The kept queries' masks are the rows the full forward would compute
+(up to float rounding in the last bits, see `finetune.modeling.mask_head`), and the post-processing of transformers then
 runs on those queries alone; since it discards the others before looking at any mask, the id maps and
 segment lists equal those of the full forward (``full_forward=True`` keeps that path, for comparison;
 ``tests/test_inference_core.py`` checks the equality).
@@ -33,10 +34,12 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
+
+from finetune.modeling.mask_head import attention_maps, pair_masks, run_body
 
 
 @dataclass
@@ -135,79 +138,6 @@ def resize_ids_nearest(ids: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return ids[rows[:, None], cols[None, :]]
 
 
-def _detection_stage(
-    model: Any, pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None
-) -> tuple[Any, list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
-    """``model.detr`` forward, keeping what the mask head also reads (captured by forward hooks).
-
-    Returns:
-        ``(detr outputs, backbone features [(feature map, mask)] per stage, projected feature map
-        (B, d_model, H/32, W/32))``.
-    """
-    captured: dict[str, Any] = {}
-
-    def keep(name: str):
-        def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
-            captured[name] = output
-
-        return hook
-
-    detr_model = model.detr.model
-    handles = [
-        detr_model.backbone.register_forward_hook(keep("features")),
-        detr_model.input_projection.register_forward_hook(keep("projected")),
-    ]
-    try:
-        outputs = model.detr(pixel_values=pixel_values, pixel_mask=pixel_mask)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return outputs, captured["features"], captured["projected"]
-
-
-def _mask_stage(
-    model: Any,
-    outputs: Any,
-    features: list[tuple[torch.Tensor, torch.Tensor]],
-    projected: torch.Tensor,
-    image_index: torch.Tensor,
-    query_index: torch.Tensor,
-) -> torch.Tensor:
-    """``bbox_attention`` + ``mask_head`` of `DetrForSegmentation` for (image, query) pairs only.
-
-    The same operations as transformers' forward, with the mask head's batch of ``B * Q`` (image, query)
-    pairs replaced by the ``N`` selected pairs: each pair reads its image's features and FPN features.
-    The masks equal the full forward's rows up to float rounding: oneDNN picks convolution kernels by
-    batch size (measured: the FPN adapter convolutions of a batch under 16 pairs on one thread differ in
-    the last bits, ~1e-6), which moves a pixel of the id map only on an exact tie.
-
-    Returns:
-        ``(N, H/4, W/4)`` mask logits, in the order of the pairs.
-    """
-    fpn = [features[2][0], features[1][0], features[0][0]]
-    if image_index.numel() == 0:
-        return projected.new_zeros((0, *fpn[-1].shape[-2:]))
-    batch, _, height, width = projected.shape
-    memory = outputs.encoder_last_hidden_state.transpose(1, 2).view(
-        batch, model.config.d_model, height, width
-    )
-    padding = features[-1][1].view(batch, height, width)
-    attention_mask = torch.where(
-        padding.unsqueeze(1).unsqueeze(1),
-        torch.full((), 0.0, device=memory.device, dtype=memory.dtype),
-        torch.finfo(memory.dtype).min,
-    )
-    # The attention maps of all queries are cheap (1/32 resolution) and computed exactly as transformers
-    # does; only the mask head, where the time goes, sees the selected pairs alone.
-    bbox_mask = model.bbox_attention(outputs.last_hidden_state, memory, attention_mask=attention_mask)
-    masks = model.mask_head(
-        features=projected[image_index],
-        attention_masks=bbox_mask[image_index, query_index].unsqueeze(1),
-        fpn_features=[level[image_index] for level in fpn],
-    )
-    return masks[:, 0]
-
-
 def _segments(segments_info: Sequence[dict[str, Any]], present: set[int] | None) -> list[dict[str, Any]]:
     """One entry per segment id (a fused stuff class lists each of its queries: keep the best score)."""
     merged: dict[int, dict[str, Any]] = {}
@@ -268,6 +198,54 @@ def postprocess_image(
     return PanopticPrediction(ids=ids, segments=_segments(result["segments_info"], present))
 
 
+@dataclass
+class Detection:
+    """The class and box outputs of a batch, and what the same backend's mask stage reads.
+
+    Attributes:
+        logits: ``(B, Q, num_labels + 1)`` class logits.
+        pred_boxes: ``(B, Q, 4)`` normalised ``(cx, cy, w, h)`` boxes.
+        state: The backend's intermediate maps (a `finetune.modeling.mask_head.DetrBody` for PyTorch, the
+            body graph's outputs for ONNX Runtime), passed back to its ``masks``.
+    """
+
+    logits: torch.Tensor
+    pred_boxes: torch.Tensor | None
+    state: Any
+
+
+class SplitForward(Protocol):
+    """A panoptic DETR cut before its mask head: what `predict_batch` runs (PyTorch or ONNX Runtime)."""
+
+    def detect(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None) -> Detection:
+        """Backbone, transformer, class and box heads on a padded batch."""
+        ...
+
+    def masks(self, detection: Detection, image_index: torch.Tensor, query_index: torch.Tensor) -> torch.Tensor:
+        """``(N, H/4, W/4)`` mask logits of the N (image, query) pairs (N may be 0)."""
+        ...
+
+
+class TorchSplitForward:
+    """A `DetrForSegmentation` as a `SplitForward`, through `finetune.modeling.mask_head`."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def detect(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None) -> Detection:
+        body = run_body(self.model, pixel_values, pixel_mask)
+        return Detection(body.outputs.logits, body.outputs.pred_boxes, body)
+
+    def masks(self, detection: Detection, image_index: torch.Tensor, query_index: torch.Tensor) -> torch.Tensor:
+        body = detection.state
+        if image_index.numel() == 0:
+            return body.projected.new_zeros((0, *body.fpn_features[-1].shape[-2:]))
+        # The attention maps of all queries are cheap (1/32 resolution); only the mask head, where the time
+        # goes, sees the selected pairs alone.
+        maps = attention_maps(self.model, body)
+        return pair_masks(self.model.mask_head, body.projected, maps, body.fpn_features, image_index, query_index)
+
+
 @torch.inference_mode()
 def predict_batch(
     model: Any,
@@ -282,7 +260,8 @@ def predict_batch(
     """Panoptic predictions of a preprocessed batch (the inference core).
 
     Args:
-        model: A `DetrForSegmentation` in eval mode.
+        model: A `DetrForSegmentation` in eval mode, or another `SplitForward` (the ONNX export on ONNX
+            Runtime, `finetune.export.runtime.OnnxPanopticModel`): the post-processing is the same.
         processor: Its `DetrImageProcessor` (post-processing only; the batch is already preprocessed).
         pixel_values: ``(B, 3, H, W)`` normalised images, padded bottom/right to a common size.
         pixel_mask: ``(B, H, W)`` 1 on image pixels, 0 on padding; None = no padding.
@@ -294,23 +273,35 @@ def predict_batch(
 
     Returns:
         The class logits and boxes of every query, and the predictions.
+
+    Raises:
+        ValueError: `full_forward` with a model that is not a `DetrForSegmentation`, or as many target sizes
+            as images.
     """
     batch = pixel_values.shape[0]
     if len(target_sizes) != batch:
         raise ValueError(f"{len(target_sizes)} target sizes for a batch of {batch} images")
-    if full_forward or not masks:
+    torch_model = isinstance(model, torch.nn.Module)
+    if full_forward and not torch_model:
+        raise ValueError("full_forward needs a PyTorch DetrForSegmentation (an ONNX export has no full forward)")
+    if torch_model and (full_forward or not masks):
         outputs = (model if masks else model.detr)(pixel_values=pixel_values, pixel_mask=pixel_mask)
         logits = outputs.logits.float()
+        boxes = outputs.pred_boxes
         per_image = [(logits[i], outputs.pred_masks[i]) for i in range(batch)] if masks else []
         mask_queries = logits.shape[0] * logits.shape[1] if masks else 0
     else:
-        outputs, features, projected = _detection_stage(model, pixel_values, pixel_mask)
-        logits = outputs.logits.float()
-        keep = selected_queries(logits, post.threshold)
-        image_index, query_index = keep.nonzero(as_tuple=True)
-        pair_masks = _mask_stage(model, outputs, features, projected, image_index, query_index)
-        per_image = [(logits[i][keep[i]], pair_masks[image_index == i]) for i in range(batch)]
-        mask_queries = int(image_index.numel())
+        split = TorchSplitForward(model) if torch_model else model
+        detection = split.detect(pixel_values, pixel_mask)
+        logits = detection.logits.float()
+        boxes = detection.pred_boxes
+        per_image, mask_queries = [], 0
+        if masks:
+            keep = selected_queries(logits, post.threshold)
+            image_index, query_index = keep.nonzero(as_tuple=True)
+            masks_of_pairs = split.masks(detection, image_index, query_index)
+            per_image = [(logits[i][keep[i]], masks_of_pairs[image_index == i]) for i in range(batch)]
+            mask_queries = int(image_index.numel())
     padded = tuple(pixel_values.shape[-2:])
     predictions = [
         postprocess_image(processor, image_logits, image_masks, valid, padded, tuple(target), post)  # type: ignore[arg-type]
@@ -318,7 +309,7 @@ def predict_batch(
             per_image, valid_sizes(pixel_values, pixel_mask), target_sizes, strict=False
         )
     ]
-    boxes = None if outputs.pred_boxes is None else outputs.pred_boxes.float()
+    boxes = None if boxes is None else boxes.float()
     return BatchOutput(logits=logits, pred_boxes=boxes, predictions=predictions, mask_queries=mask_queries)
 
 
@@ -330,7 +321,7 @@ def predict_images(
     Returns:
         As `predict_batch`, with each id map at its image's size.
     """
-    device = next(model.parameters()).device
+    device = model.device  # transformers models and `SplitForward` backends both say where inputs go
     inputs = processor(images=list(images), return_tensors="pt").to(device)
     return predict_batch(
         model,

@@ -37,15 +37,10 @@ from finetune.inference.metadata import (
     stuff_label_ids,
 )
 from finetune.modeling.loading import ModelUnavailableError, load_checkpoint
-from finetune.predictor_options import add_predictor_arguments, predictor_from_args
 
-__all__ = [
-    "ModelLoadError",
-    "PanopticPredictor",
-    "add_predictor_arguments",  # re-exported: the CLI helpers live in `finetune.predictor_options`
-    "predictor_from_args",
-    "render_overlay",
-]
+# The command-line options that build a predictor live in `finetune.predictor_options`, which imports this
+# module lazily; importing them here would make the two modules import each other.
+__all__ = ["ModelLoadError", "PanopticPredictor", "render_overlay"]
 
 
 class ModelLoadError(RuntimeError):
@@ -62,10 +57,13 @@ class PanopticPredictor:
     """Batched panoptic inference with stuff fusion, on GPU when there is one.
 
     Args:
-        model: A `DetrForSegmentation` (its ``config`` gives ``id2label`` and ``stuff_label_ids``).
+        model: A `DetrForSegmentation` (its ``config`` gives ``id2label`` and ``stuff_label_ids``), or an ONNX
+            export on ONNX Runtime (`finetune.export.runtime.OnnxPanopticModel`, same ``config``): both go
+            through the same inference core and post-processing.
         image_processor: The checkpoint's `DetrImageProcessor` (resizing and normalisation).
         threshold: Minimum class probability of a query to become a segment.
-        device: ``"cuda"``, ``"cpu"``...; default: CUDA when available.
+        device: ``"cuda"``, ``"cpu"``...; default: CUDA when available. For an ONNX export, the device its
+            sessions were created for.
         batch_size: Images per forward pass in `predict`.
         mask_threshold: Mask probability above which a pixel belongs to a query's mask.
         overlap_mask_area_threshold: A query's segment is dropped when less than this fraction of
@@ -92,8 +90,15 @@ class PanopticPredictor:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         config = model.config
         settings = postprocess_settings(config, threshold, mask_threshold, overlap_mask_area_threshold)
-        self.device = _select_device(device)
-        self.model = model.to(self.device).eval()
+        if isinstance(model, torch.nn.Module):
+            self.device = _select_device(device)
+            self.model = model.to(self.device).eval()
+        else:  # an ONNX export on ONNX Runtime (`finetune.export.runtime`): its sessions chose the device
+            if full_forward:
+                raise ValueError("--full-forward needs a PyTorch checkpoint: an ONNX export has no full forward")
+            cuda = "CUDAExecutionProvider" in getattr(model, "providers", ())
+            self.device = torch.device("cuda" if cuda else "cpu")
+            self.model = model
         self.image_processor = image_processor
         self.batch_size = batch_size
         self.full_forward = full_forward
@@ -128,16 +133,21 @@ class PanopticPredictor:
         revision: str | None = None,
         **kwargs: Any,
     ) -> PanopticPredictor:
-        """Load a checkpoint folder (``output_dir/final``) or a Hub model id (`load_checkpoint`).
+        """Load a checkpoint folder (``output_dir/final``), a Hub model id (`load_checkpoint`), or an ONNX
+        export folder (``detr-panoptic-export``; run on ONNX Runtime, CUDA provider when available).
 
         `threshold` (and ``mask_threshold`` / ``overlap_mask_area_threshold`` / ``full_forward`` in
         `kwargs`) default to the checkpoint's evaluation settings (`postprocess_settings`).
 
         Raises:
-            ModelLoadError: the folder lacks a piece, or the Hub id cannot be reached (offline,
-                private without a token, misspelled): the message names it.
+            ModelLoadError: the folder lacks a piece, the Hub id cannot be reached (offline, private
+                without a token, misspelled), or onnxruntime is missing for an export: the message says so.
         """
         source = str(name_or_path)
+        from finetune.export.runtime import is_onnx_export
+
+        if is_onnx_export(source):
+            return cls._from_onnx_export(source, threshold=threshold, device=device, batch_size=batch_size, **kwargs)
         try:
             model, processor, _ = load_checkpoint(source, revision=revision, with_processor=True)
         except ModelUnavailableError as err:
@@ -148,6 +158,19 @@ class PanopticPredictor:
         except OSError as err:  # a local path that is not a (readable) checkpoint folder
             raise ModelLoadError(f"cannot load the checkpoint: {err}") from err
         return cls(model, processor, threshold=threshold, device=device, batch_size=batch_size, **kwargs)
+
+    @classmethod
+    def _from_onnx_export(cls, folder: str, **kwargs: Any) -> PanopticPredictor:
+        from transformers import AutoImageProcessor
+
+        from finetune.export.runtime import ExportFolderError, OnnxPanopticModel
+
+        try:
+            model = OnnxPanopticModel(folder, device=kwargs.pop("device", None))
+            processor = AutoImageProcessor.from_pretrained(folder)
+        except (ExportFolderError, ImportError, OSError) as err:
+            raise ModelLoadError(f"cannot load the ONNX export: {err}") from err
+        return cls(model, processor, **kwargs)
 
     def predict(
         self, images: Sequence[Image.Image], threshold: float | None = None

@@ -39,6 +39,7 @@ from transformers import DetrForSegmentation
 from transformers.loss.loss_for_object_detection import HungarianMatcher, ImageLoss
 
 from finetune.config import STAGE_NAMES
+from finetune.modeling.mask_head import attention_maps, pair_masks, run_body
 
 BACKBONE_PREFIX = "detr.model.backbone."
 # DETR trains ResNet layer2-4 only (stem and layer1 stay frozen, as in the paper and in transformers for
@@ -196,26 +197,13 @@ def _masks_loss(
     are neither computed nor part of the returned loss.
     """
     config = model.config
-    detr = model.detr
-    # 1. Frozen DETR, no graph and no loss (see the module docstring); the hooks keep the backbone feature maps
-    #    (B, C_i, H/4..H/32, W/4..W/32) and the projected Res5 map (B, d, H/32, W/32).
-    with (
-        torch.no_grad(),
-        _eval_mode(detr),
-        _captured_output(detr.model.backbone) as backbone,
-        _captured_output(detr.model.input_projection) as projection,
-    ):
-        detection = detr(pixel_values=pixel_values, pixel_mask=pixel_mask)
-    feature_maps = backbone["output"]  # [(feature_map, mask)] at strides 4, 8, 16, 32
-    projected = projection["output"]
-    batch_size, d_model, height, width = projected.shape
-    memory = detection.encoder_last_hidden_state.transpose(1, 2).reshape(batch_size, d_model, height, width)
-    valid = feature_maps[-1][1]  # (B, H/32, W/32) bool, False on padding
-    attention_bias = torch.zeros(valid.shape, dtype=memory.dtype, device=memory.device)
-    attention_bias = attention_bias.masked_fill(~valid, torch.finfo(memory.dtype).min)[:, None, None]
+    # 1. Frozen DETR, no graph and no loss (see the module docstring), keeping the maps the mask head reads.
+    with torch.no_grad(), _eval_mode(model.detr):
+        body = run_body(model, pixel_values, pixel_mask)
+    detection = body.outputs
 
     # 2. Attention of each object embedding over the encoder memory: (B, Q, heads, H/32, W/32).
-    attention_maps = model.bbox_attention(detection.last_hidden_state, memory, attention_mask=attention_bias)
+    maps = attention_maps(model, body)
 
     # 3. Matching (class + box costs of the frozen predictions; the final decoder layer's, the one the mask
     #    loss reads), then the mask head on matched queries only.
@@ -223,21 +211,19 @@ def _masks_loss(
         class_cost=config.class_cost, bbox_cost=config.bbox_cost, giou_cost=config.giou_cost
     )
     indices = matcher({"logits": detection.logits, "pred_boxes": detection.pred_boxes}, labels)
-    batch_idx = torch.cat([torch.full_like(src, i) for i, (src, _) in enumerate(indices)]).to(memory.device)
-    query_idx = torch.cat([src for src, _ in indices]).to(memory.device)
+    device = maps.device
+    batch_idx = torch.cat([torch.full_like(src, i) for i, (src, _) in enumerate(indices)]).to(device)
+    query_idx = torch.cat([src for src, _ in indices]).to(device)
     if batch_idx.numel() == 0:
         # No target in the batch: run one query anyway so that every trainable parameter is in the graph
         # (backward works, DDP sees all its parameters); the loss does not read it, its gradient is 0.
-        batch_idx = query_idx = torch.zeros(1, dtype=torch.long, device=memory.device)
-    fpn_features = [feature_maps[2][0], feature_maps[1][0], feature_maps[0][0]]  # Res4, Res3, Res2
-    matched_masks = model.mask_head(
-        features=projected[batch_idx],
-        attention_masks=attention_maps[batch_idx, query_idx].unsqueeze(1),
-        fpn_features=[f[batch_idx] for f in fpn_features],
-    )  # (M, 1, H/4, W/4)
-    num_queries = attention_maps.shape[1]
+        batch_idx = query_idx = torch.zeros(1, dtype=torch.long, device=device)
+    matched_masks = pair_masks(
+        model.mask_head, body.projected, maps, body.fpn_features, batch_idx, query_idx
+    )  # (M, H/4, W/4)
+    batch_size, num_queries = maps.shape[:2]
     pred_masks = matched_masks.new_zeros(batch_size, num_queries, *matched_masks.shape[-2:])
-    pred_masks = pred_masks.index_put((batch_idx, query_idx), matched_masks[:, 0])
+    pred_masks = pred_masks.index_put((batch_idx, query_idx), matched_masks)
 
     # 4. Focal + dice on the matched masks with transformers' criterion, reusing the matching above.
     criterion = ImageLoss(
@@ -277,18 +263,3 @@ def _eval_mode(module: torch.nn.Module) -> Iterator[None]:
     finally:
         for m, training in modes:
             m.training = training
-
-
-@contextmanager
-def _captured_output(module: torch.nn.Module) -> Iterator[dict[str, Any]]:
-    """Record the output of `module`'s next forward under the key `"output"`."""
-    captured: dict[str, Any] = {}
-
-    def hook(_module: torch.nn.Module, _inputs: Any, output: Any) -> None:
-        captured["output"] = output
-
-    handle = module.register_forward_hook(hook)
-    try:
-        yield captured
-    finally:
-        handle.remove()
