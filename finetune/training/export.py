@@ -137,7 +137,7 @@ def run_facts(
 
     Returns:
         The facts; ``stages`` holds the records (seconds rounded to 0.1 s), ``train_runtime`` and
-        ``eval_runtime`` their training and evaluation seconds summed over the stages.
+        ``eval_runtime`` the sums of those rounded per-stage seconds.
     """
     source = config.model.model_name_or_path
     kind = "random_init" if source is None else ("local" if Path(source).expanduser().is_dir() else "hub")
@@ -151,8 +151,9 @@ def run_facts(
         "num_processes": num_processes,
         "mixed_precision": mixed_precision,
         "stages": stages,
-        "train_runtime": round(sum(r["train_seconds"] for r in stage_records.values()), 1),
-        "eval_runtime": round(sum(r["eval_seconds"] for r in stage_records.values()), 1),
+        # Sums of the rounded per-stage figures, so that the record adds up as printed.
+        "train_runtime": round(sum(r["train_seconds"] for r in stages.values()), 1),
+        "eval_runtime": round(sum(r["eval_seconds"] for r in stages.values()), 1),
         "train_samples": train_samples,
         "eval_samples": eval_samples,
     }
