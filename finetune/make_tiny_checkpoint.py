@@ -54,6 +54,9 @@ logger = logging.getLogger("finetune.make_tiny_checkpoint")
 DEFAULT_OUT = REPO_ROOT / "pretrained" / "tiny-detr-panoptic"
 DEFAULT_CONFIG = REPO_ROOT / "finetune" / "configs" / "tiny_pretrain.yaml"
 COPIED_FILES = ("preprocessor_config.json", "training_config.yaml", "all_results.json")
+# The shipped checkpoint's source set: `source_domain_plans(NUM_IMAGES, seed=SEED)`, NUM_VAL of them in val
+# (tests/test_seed_ranges.py checks that no target set or sample scene is one of them).
+NUM_IMAGES, NUM_VAL, SEED = 600, 40, 0
 
 
 def export_checkpoint(final_dir: Path, out_dir: Path, card: str) -> Path:
@@ -130,9 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the checkpoint folder to write")
     parser.add_argument("--work-dir", type=Path, default=REPO_ROOT / "outputs" / "tiny_pretrain")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="the pretraining config")
-    parser.add_argument("--num-images", type=int, default=600, help="source scenes (train + val)")
-    parser.add_argument("--num-val", type=int, default=40, help="source scenes in val")
-    parser.add_argument("--seed", type=int, default=0, help="scene and split seed")
+    parser.add_argument("--num-images", type=int, default=NUM_IMAGES, help="source scenes (train + val)")
+    parser.add_argument("--num-val", type=int, default=NUM_VAL, help="source scenes in val")
+    parser.add_argument("--seed", type=int, default=SEED, help="scene and split seed")
     parser.add_argument("train_args", nargs="*", help="after --: finetune/train.py options")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -147,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = args.work_dir / "run"
     results = launch_training(args.config, run_dir, ["--dataset_dir", str(panoptic), *args.train_args])
     command = "python finetune/make_tiny_checkpoint.py" + (
-        f" --num-images {args.num_images}" if args.num_images != 600 else ""
+        f" --num-images {args.num_images}" if args.num_images != NUM_IMAGES else ""
     )
     minutes = (time.monotonic() - started) / 60
     export_checkpoint(run_dir / "final", args.out, model_card(results, args.num_images, command, minutes))
