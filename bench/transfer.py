@@ -4,7 +4,9 @@
         [--detection-epochs 15] [--masks-epochs 8] [-- more finetune/train.py options for both arms]
 
 Target set: clean synthetic 192x144 scenes (the source domain's size) with the bundled sample's
-classes (brick, pipe, tile, excavator over floor/wall/sky/ground; `dataset_scripts/sample/synthetic_set.py`).
+classes (brick, pipe, tile, excavator over floor/wall/sky/ground; `dataset_scripts/sample/synthetic_set.py`),
+drawn from the *target* scene seeds (`dataset_scripts/sample/seeds.py`): none of its images or stuff
+layouts is one the checkpoint was pretrained on (tests/test_seed_ranges.py).
 For the checkpoint (`pretrained/tiny-detr-panoptic`, pretrained on brick, excavator and pole (= pipe)
 scenes with COCO-named stuff) the classes are partly new: tile has no class-head row to start from, pipe and the
 stuff come through `class_map`.
@@ -133,8 +135,10 @@ def main(argv: list[str] | None = None) -> int:
         seconds[arm] = time.monotonic() - started
     steps = -(-args.train_images // args.batch_size) * (args.detection_epochs + args.masks_epochs)
     print(
-        f"\n{args.train_images} train / {args.val_images} val scenes {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}, "
-        f"{args.detection_epochs} + {args.masks_epochs} epochs (~{steps} steps), seed {args.seed}"
+        f"\n{args.train_images} train / {args.val_images} val scenes {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} (target scene "
+        f"seeds, none of the checkpoint's pretraining scenes), {args.detection_epochs} + {args.masks_epochs} epochs "
+        f"(~{steps} steps), seed {args.seed}\nmethod: one training run per arm, the arms one after another "
+        "(not interleaved, no repeat); the metrics depend on the seed only, each time is that one run's wall clock"
     )
     for arm, res in results.items():
         print(f"{arm:>14}: {summarize(res)}\n    {seconds[arm]:.0f} s (training run, evaluations included)")
