@@ -15,7 +15,9 @@ calibrated frozen BatchNorm) is in `finetune.modeling.random_init.prepare_random
 learning rate of 2e-5 in the config, the reasons in docs/training-from-scratch.md; the CPU speed settings (one thread, flushed denormals, fused
 AdamW) in `finetune/training/speed.py`. Goal: PQ >= 0.70, things >= 0.50.
 
-Measured (`python bench/learning.py`, 2 CPU cores shared with another training run, one thread):
+Measured (`python bench/learning.py`, 2 CPU cores shared with another training run, one thread), on
+scene seeds 0-449, before the target sets moved to the target range of `dataset_scripts/sample/seeds.py`
+(not re-measured on the new scenes):
 
     from scratch, 50 val images, data + training 9.1 min wall clock, 9.7 CPU-min (this process and the training run)
     PQ 0.748  things 0.581  stuff 0.915  box mAP 0.536  (SQ 0.798, RQ 0.917)

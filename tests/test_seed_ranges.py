@@ -97,7 +97,6 @@ def test_every_plan_generator_draws_from_its_own_range():
     [
         # bench/transfer.py's target set (fine-tunes the checkpoint): same size as the pretraining scenes.
         ("transfer", lambda: sample_classes_plans(160 + 40, transfer.IMAGE_SIZE, 0)),
-        ("transfer seed 1", lambda: sample_classes_plans(160 + 40, transfer.IMAGE_SIZE, 1)),
         # bench/learning.py's set (96x72), and the bundled sample the quickstart fine-tunes on.
         ("learning", lambda: sample_classes_plans(400 + 50, learning.IMAGE_SIZE, 0)),
         ("sample_data", lambda: bundled_sample_plans(0)),
