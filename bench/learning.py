@@ -25,7 +25,7 @@ on scenes of the target range of `dataset_scripts/sample/seeds.py`:
 On its former scenes (seeds 0-449, before the seed ranges; one other training run sharing the cores):
 PQ 0.748, things 0.581, stuff 0.915, box mAP 0.536 in 9.7 CPU-min (9.1 min wall clock).
 
-The same recipe with resnet18 for 55 + 30 epochs: PQ 0.705, things 0.503 in 19.6 CPU-min; with the
+The same recipe with resnet18 for 55 + 30 epochs (former scenes): PQ 0.705, things 0.503 in 19.6 CPU-min; with the
 backbone frozen (resnet18, `backbone_lr` 0): PQ 0.636, things 0.382.
 """
 
