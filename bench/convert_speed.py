@@ -149,6 +149,11 @@ def report(seconds: dict[int, list[float]], num_images: int, size: tuple[int, in
         f"\nconversion of {num_images} images {size[0]}x{size[1]}, {len(next(iter(seconds.values())))} runs each"
     )
     print(
+        "method: every conversion in a fresh process warmed on a 2-picture export; untimed warm-up rounds, "
+        "then timed rounds alternating which side goes first; min / median / max per side, best-of-k and "
+        "per-round speed-ups"
+    )
+    print(
         f"{'workers':>7} {'min s':>7} {'median s':>9} {'max s':>7} {'best images/s':>14} {'median images/s':>16}"
     )
     for w, runs in seconds.items():

@@ -245,7 +245,7 @@ def decoder_table(folders: list[str], repeats: int, limit: int = 200) -> None:
                 total[name] += time.perf_counter() - start
         for name in decoders:
             times[name].append(total[name] / len(blobs))
-    print(f"decoders, {len(blobs)} PNGs from memory, 1 thread, best of {repeats}:")
+    print(f"decoders, {len(blobs)} PNGs from memory, 1 thread, interleaved rounds (each decoder once per round), best of {repeats}:")
     pil = min(times["PIL"])
     for name in sorted(decoders, key=lambda n: min(times[n])):
         best = min(times[name])
@@ -350,7 +350,10 @@ def main() -> None:
         # Wall time is what a user waits for; CPU time (all processes) is steadier on a shared machine.
         best_wall = {name: min(values) for name, values in wall.items()}
         best_cpu = {name: min(values) for name, values in cpu.items()}
-        print(f"whole processes, {args.workers} worker(s) each, 1 warm-up + best of {args.repeats}:")
+        print(
+            f"whole processes, {args.workers} worker(s) each, 1 warm-up each, then {args.repeats} interleaved "
+            "rounds (every tool once per round, same order); best of k and spread ((max - min) / min):"
+        )
         for name in commands:
             print(
                 f"  {name:14s}: wall best {best_wall[name]:6.2f} s (spread {_spread(wall[name])}; runs "

@@ -11,6 +11,7 @@ import sys
 import zlib
 
 import numpy as np
+import pyspng  # a hard requirement (requirements.txt): a missing pyspng fails here, never skips
 import pytest
 from PIL import Image
 
@@ -23,8 +24,6 @@ from dataset_scripts.panoptic_format import (
     read_panoptic_rgb,
     rgb2id,
 )
-
-pyspng = pytest.importorskip("pyspng")
 
 
 def _chunk(tag: bytes, data: bytes) -> bytes:

@@ -5,9 +5,12 @@ pretraining script works (a shortened run of `finetune/make_tiny_checkpoint.py`)
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 from safetensors import safe_open
 
@@ -46,8 +49,48 @@ def test_from_pretrained_and_pipeline():
     segmenter = pipeline("image-segmentation", model=str(CHECKPOINT))
     segments = segmenter(Image.open(SAMPLE_IMAGE).convert("RGB"), subtask="panoptic", threshold=0.3)
     labels = set(model.config.id2label.values())
+    # The photo is an excavator over two stuff bands: the checkpoint (pole, COCO stuff names) finds
+    # them; an empty list would mean the weights or the post-processing are broken.
+    found = [s["label"] for s in segments]
+    assert "excavator" in found, found
+    assert len(set(found) & set(SOURCE_STUFF_LABELS)) >= 1, found
     assert all(s["label"] in labels for s in segments)
     assert all(s["mask"].size == Image.open(SAMPLE_IMAGE).size for s in segments)
+    assert all(np.asarray(s["mask"]).any() for s in segments)
+
+
+def _strings(node):
+    if isinstance(node, dict):
+        for value in node.values():
+            yield from _strings(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _strings(value)
+    elif isinstance(node, str):
+        yield node
+
+
+def test_shipped_training_config_names_no_path_of_the_machine_it_was_built_on():
+    """`training_config.yaml` is a recipe to read and reload: no absolute (temporary) folder in it."""
+    config = yaml.safe_load((CHECKPOINT / "training_config.yaml").read_text())
+    assert config["data"]["dataset_dir"] == "source_600_40_seed0/panoptic"  # relative to --work-dir
+    absolute = [value for value in _strings(config) if Path(value).is_absolute() or value.startswith("~")]
+    assert not absolute, absolute
+
+
+def test_exported_training_config_is_relative_to_the_work_dir(tmp_path):
+    from finetune.make_tiny_checkpoint import portable_training_config
+
+    work = tmp_path / "work"
+    text = yaml.safe_dump(
+        {"data": {"dataset_dir": str(work / "source" / "panoptic")}, "run": {"output_dir": str(work / "run")}}
+    )
+    portable = portable_training_config(text, work)
+    assert portable.startswith("# ")  # says what the paths are relative to
+    assert yaml.safe_load(portable) == {"data": {"dataset_dir": "source/panoptic"}, "run": {"output_dir": "run"}}
+    outside = yaml.safe_dump({"data": {"dataset_dir": str(tmp_path / "elsewhere")}, "run": {"output_dir": None}})
+    with pytest.raises(ValueError, match="dataset_dir"):
+        portable_training_config(outside, work)
 
 
 def test_quickstart_warm_starts_the_sample_classes():
@@ -100,6 +143,9 @@ def test_shortened_pretraining_writes_a_loadable_checkpoint(tmp_path):
     assert "tiny-detr-panoptic" in (out / "README.md").read_text()
     results = json.loads((out / "all_results.json").read_text())
     assert 0.0 <= results["pq"] <= 1.0
+    exported = yaml.safe_load((out / "training_config.yaml").read_text())
+    assert exported["data"]["dataset_dir"] == "source_12_4_seed0/panoptic"
+    assert exported["run"]["output_dir"] == "run"
     model = DetrForSegmentation.from_pretrained(out)
     assert next(model.parameters()).dtype == torch.float32
 
@@ -125,3 +171,17 @@ def test_quickstart_recipe_runs_from_the_checkpoint(tmp_path):
     assert set(config["id2label"].values()) == {c["name"] for c in SAMPLE_CATEGORIES}
     results = json.loads((out / "final" / "all_results.json").read_text())
     assert 0.0 <= results["pq"] <= 1.0 and 0.0 <= results["box_map"] <= 1.0
+
+
+def test_shipped_model_card_is_what_the_pretraining_script_writes():
+    """The shipped README.md cannot drift from `make_tiny_checkpoint.model_card` (only the measured
+    wall clock is read back from it)."""
+    import re
+
+    from finetune.make_tiny_checkpoint import NUM_IMAGES, model_card
+
+    shipped = (CHECKPOINT / "README.md").read_text()
+    minutes = float(re.search(r"([0-9.]+) min\s+wall clock", shipped).group(1))
+    results = json.loads((CHECKPOINT / "all_results.json").read_text())
+    card = model_card(results, NUM_IMAGES, "python finetune/make_tiny_checkpoint.py", minutes, (0, NUM_IMAGES - 1))
+    assert shipped == card

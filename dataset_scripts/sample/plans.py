@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dataset_scripts.sample.scene import MATERIAL_LABELS, STUFF_LABELS, THING_LABELS, SceneOptions
+from dataset_scripts.sample.seeds import SAMPLE, SAMPLE_STRIDE, TARGET, SeedRange
 
 # Category order of each bundled export: the same names get different ids (CVAT numbers the
 # labels of each task from 1 in the order they were created).
@@ -85,12 +86,19 @@ def _size_for(index: int) -> tuple[int, int]:
 
 
 def bundled_sample_plans(seed: int = 0) -> Plans:
-    """The plan of the bundled sample: ``{export name: (category names, image plans)}``."""
+    """The plan of the bundled sample: ``{export name: (category names, image plans)}``.
+
+    Its scenes draw from the `seeds.SAMPLE` range (never a pretraining scene of the shipped checkpoint).
+    """
+
+    def scene_seed(index: int) -> int:
+        return SAMPLE.scene_seed(seed, index, SAMPLE_STRIDE)
+
     stuff_and_materials = (*STUFF_LABELS, *MATERIAL_LABELS)
     shared = SceneOptions(
         thing_labels=MATERIAL_LABELS, min_things=3, max_things=3, required=("excavator", "brick"), top="sky"
     )
-    shared_seed = seed * 1000 + 999
+    shared_seed = scene_seed(999)
     materials = [ImagePlan(SHARED_FILE_NAME, shared_seed, shared, labels=stuff_and_materials)]
     for i in range(18):
         extra = _MATERIALS_SPECIAL.get(i, {})
@@ -99,7 +107,7 @@ def bundled_sample_plans(seed: int = 0) -> Plans:
         materials.append(
             ImagePlan(
                 f"materials_{i:03d}.jpg",
-                seed * 1000 + i,
+                scene_seed(i),
                 SceneOptions(**opts),
                 encodings=extra.get("encodings", ()),
                 storage=extra.get("storage", "rgb"),
@@ -113,7 +121,7 @@ def bundled_sample_plans(seed: int = 0) -> Plans:
             width=w, height=h, thing_labels=("excavator",), min_things=1, max_things=1, bottom="ground"
         )
         encodings = (("excavator", "rle"),) if i == 1 else ()
-        machines.append(ImagePlan(f"machines_{i:03d}.jpg", seed * 1000 + 500 + i, opts, encodings=encodings))
+        machines.append(ImagePlan(f"machines_{i:03d}.jpg", scene_seed(500 + i), opts, encodings=encodings))
     return {
         "cvat_task_materials": (MATERIALS_CATEGORIES, materials),
         "cvat_task_machines": (MACHINES_CATEGORIES, machines),
@@ -128,12 +136,23 @@ def synthetic_plans(
     min_things: int = 1,
     max_things: int = 3,
     thing_labels: Sequence[str] = THING_LABELS,
+    seed_range: SeedRange = TARGET,
 ) -> Plans:
     """Plans of a clean synthetic set: images dealt round-robin to `exports` exports whose
     category ids differ (each export rotates the label list), every label in every scene allowed.
 
+    Args:
+        num_images: Images in the set.
+        seed: Set seed: image `i` draws scene seed `seed_range.scene_seed(seed, i)`.
+        size: (width, height) of every image.
+        exports: Number of exports.
+        min_things, max_things: Things per scene (inclusive range).
+        thing_labels: Labels things are drawn from.
+        seed_range: The purpose's scene seeds (`seeds.TARGET`; `seeds.PRETRAINING` only for the
+            source domain the shipped checkpoint is pretrained on).
+
     Raises:
-        ValueError: bad counts or unknown thing labels (the message names the CLI flag).
+        ValueError: bad counts, seed or unknown thing labels (the message names the CLI flag).
     """
     if num_images < 1 or exports < 1 or not 0 <= min_things <= max_things:
         raise ValueError("need --num-images >= 1, --exports >= 1 and 0 <= --min-things <= --max-things")
@@ -152,7 +171,8 @@ def synthetic_plans(
     options = SceneOptions(
         width=size[0], height=size[1], thing_labels=thing_labels, min_things=min_things, max_things=max_things
     )
-    for i in range(num_images):
-        plan = ImagePlan(f"synth_{seed:04d}_{i:06d}.jpg", seed * 1_000_003 + i, options)
+    scene_seeds = [seed_range.scene_seed(seed, i) for i in range(num_images)]  # all checked before any rendering
+    for i, scene_seed in enumerate(scene_seeds):
+        plan = ImagePlan(f"synth_{seed:04d}_{i:06d}.jpg", scene_seed, options)
         out[names_of[i % len(names_of)]][1].append(plan)
     return out

@@ -21,6 +21,7 @@ import json
 from pathlib import Path
 
 from dataset_scripts.sample.plans import Plans, synthetic_plans
+from dataset_scripts.sample.seeds import PRETRAINING
 
 # Rendered thing labels; `pipe` is written as `pole` (SOURCE_THING_NAMES).
 RENDERED_THINGS = ("brick", "pipe", "excavator")
@@ -50,7 +51,10 @@ def source_domain_plans(
     min_things: int = 1,
     max_things: int = 2,
 ) -> Plans:
-    """Plans of the source set (one export; brick, pipe and excavator things over the four stuff bands)."""
+    """Plans of the source set (one export; brick, pipe and excavator things over the four stuff bands).
+
+    The only plans drawn from the `seeds.PRETRAINING` scene seeds: no target set or sample shares a scene.
+    """
     return synthetic_plans(
         num_images,
         seed=seed,
@@ -59,6 +63,7 @@ def source_domain_plans(
         min_things=min_things,
         max_things=max_things,
         thing_labels=RENDERED_THINGS,
+        seed_range=PRETRAINING,
     )
 
 

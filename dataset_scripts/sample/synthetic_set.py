@@ -14,6 +14,7 @@ from dataset_scripts.cvat_to_panoptic import ConversionOptions, convert_exports
 from dataset_scripts.sample.export import write_dataset
 from dataset_scripts.sample.plans import Plans, synthetic_plans
 from dataset_scripts.sample.scene import STUFF_LABELS, THING_LABELS
+from dataset_scripts.sample.seeds import TARGET
 from dataset_scripts.sample.source_domain import rename_categories
 
 logger = logging.getLogger(__name__)
@@ -61,22 +62,31 @@ def build_panoptic_set(
     return panoptic
 
 
-def sample_classes_set(
-    work_dir: str | Path, num_train: int, num_val: int, size: tuple[int, int], seed: int
-) -> Path:
-    """A clean synthetic set with the bundled sample's 8 classes (1-2 things per scene), cached in `work_dir`.
+def sample_classes_plans(num_images: int, size: tuple[int, int], seed: int) -> Plans:
+    """The plans of a training bench's target set: the bundled sample's 8 classes, 1-2 things per scene.
 
-    The training benches' target set: things brick, pipe, tile, excavator over floor/wall/sky/ground.
+    Things brick, pipe, tile, excavator over floor/wall/sky/ground, drawn from the `seeds.TARGET` scene
+    seeds: no scene (image or stuff layout) of the shipped checkpoint's pretraining.
     """
-    width, height = size
-    tag = f"target_{width}x{height}_{num_train}_{num_val}_seed{seed}"
-    plans = synthetic_plans(
-        num_train + num_val,
+    return synthetic_plans(
+        num_images,
         seed=seed,
         size=size,
         exports=1,
         min_things=1,
         max_things=2,
         thing_labels=THING_LABELS,
+        seed_range=TARGET,
     )
+
+
+def sample_classes_set(
+    work_dir: str | Path, num_train: int, num_val: int, size: tuple[int, int], seed: int
+) -> Path:
+    """The target set of `sample_classes_plans` converted to COCO panoptic, cached in `work_dir`."""
+    width, height = size
+    plans = sample_classes_plans(num_train + num_val, size, seed)
+    # The first scene seed in the name: a folder cached before the seed ranges is not reused.
+    first = next(iter(plans.values()))[1][0].seed
+    tag = f"target_{width}x{height}_{num_train}_{num_val}_seed{seed}_scene{first}"
     return build_panoptic_set(Path(work_dir) / tag, plans, STUFF_LABELS, num_val, seed=seed)
