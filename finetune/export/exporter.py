@@ -13,8 +13,9 @@ Validation before the rename: ``onnx.checker`` (full check, with shape inference
 export on ONNX Runtime against the PyTorch model on a real photo: logits, boxes and the masks of the
 selected queries (at least the 5 best-scoring ones, so the mask head is compared even when no query passes
 the threshold) within tolerance, and the final predictions (segments, id map, scores). With ``int8``, the
-fp32 graphs are validated first, then quantized (static, calibrated on photos: `finetune.export.quantize`), and the int8 predictions are compared with the fp32 ones
-(figures in ``export.json``; int8 is an approximation, so they are reported, not enforced).
+fp32 graphs are validated first, then quantized (static, calibrated on photos: `finetune.export.quantize`),
+and the int8 predictions are compared with the fp32 ones (figures in ``export.json``; int8 is an
+approximation, so they are reported, not enforced).
 """
 
 from __future__ import annotations
