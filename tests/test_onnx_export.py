@@ -24,6 +24,7 @@ from PIL import Image
 from transformers import DetrForSegmentation, DetrImageProcessor
 
 from finetune.export import cli
+from finetune.export.compare import compare_predictions
 from finetune.export.exporter import REPO_SAMPLE_IMAGE, ExportError, export_model
 from finetune.export.layout import BODY_FILE, MANIFEST_FILE, MASK_HEAD_FILE
 from finetune.export.runtime import MISSING_RUNTIME, OnnxPanopticModel, execution_providers
@@ -190,17 +191,58 @@ def test_shipped_checkpoint_through_the_predictor(shipped_export):
         PanopticPredictor.from_pretrained(export, full_forward=True)
 
 
-def test_int8_export(tmp_path):
+def _fused_op_types(graph: Path, tmp_path: Path) -> set[str]:
+    """The operators ONNX Runtime runs for `graph` on the CPU (after its graph optimisations)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / f"{graph.stem}.optimized.onnx")
+    ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+    return {node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node}
+
+
+def test_int8_export_is_static_and_close_to_fp32(shipped_export, tmp_path):
+    """int8 = static QDQ quantization that ONNX Runtime fuses into QLinearConv (fast with AVX2 alone), not
+    dynamic quantization's ConvInteger (slower than fp32 without VNNI); its predictions stay close to fp32's."""
     export = tmp_path / "int8"
-    manifest = export_model(str(SHIPPED), export, quantize="int8")
-    assert manifest["quantize"] == "int8" and "Conv" in manifest["quantized_ops"]
-    body = onnx.load(str(export / BODY_FILE))
-    assert any(node.op_type in ("ConvInteger", "MatMulInteger", "DynamicQuantizeLinear") for node in body.graph.node)
+    manifest = export_model(str(SHIPPED), export, quantize="int8")  # calibrated on the repository's photos
+    assert manifest["quantize"] == "int8" and manifest["quantized_ops"] == ["Conv", "MatMul"]
+    assert manifest["calibration_images"] == len(list(REPO_SAMPLE_IMAGE.parent.glob("*.jpg")))
+    assert not [p.name for p in export.iterdir() if p.name.startswith(".")]  # the calibration's work files are gone
+    body_ops = _fused_op_types(export / BODY_FILE, tmp_path)
+    assert "QLinearConv" in body_ops and not {"ConvInteger", "Conv", "FusedConv"} & body_ops, body_ops
+    mask_ops = _fused_op_types(export / MASK_HEAD_FILE, tmp_path)
+    assert "QLinearConv" in mask_ops and "ConvInteger" not in mask_ops, mask_ops
+    # ... except the mask head's first convolution (finetune.export.quantize.FP32_WEIGHT_PREFIXES), kept fp32
+    mask_head = onnx.load(str(export / MASK_HEAD_FILE))
+    weights = [n.input[1] for n in mask_head.graph.node if n.op_type == "Conv"]
+    assert [w for w in weights if not w.endswith("_DequantizeLinear_Output")] == ["mask_head.conv1.conv.weight"]
     # int8 weights: under the fp16 checkpoint's size (half the fp32 export's)
     assert manifest["size_bytes"][BODY_FILE] < (SHIPPED / "model.safetensors").stat().st_size
     assert manifest["int8_vs_fp32"]["images"] == 1
-    predictions = PanopticPredictor.from_pretrained(export).predict([Image.open(REPO_SAMPLE_IMAGE).convert("RGB")])
-    assert predictions[0].ids.shape == Image.open(REPO_SAMPLE_IMAGE).size[::-1]
+    photos = [Image.open(p).convert("RGB") for p in sorted(REPO_SAMPLE_IMAGE.parent.glob("*.jpg"))[:6]]
+    fp32 = PanopticPredictor.from_pretrained(shipped_export).predict(photos)
+    int8_predictor = PanopticPredictor.from_pretrained(export)
+    int8 = int8_predictor.predict(photos)
+    assert [p.ids.shape for p in int8] == [photo.size[::-1] for photo in photos]
+    closeness = compare_predictions(fp32, int8, len(int8_predictor.id2label), int8_predictor.stuff_label_ids)
+    assert closeness["segments"][0] > 0 and closeness["pq"] >= 0.9, closeness
+
+
+def test_int8_calibration_errors_are_one_line(exported, tmp_path, caplog, monkeypatch):
+    checkpoint, _ = exported
+    out = tmp_path / "out"
+    argv = ["--model", str(checkpoint), "--output-dir", str(out), "--quantize", "int8", "--calibration-images"]
+    assert "not a folder" in _cli_error([*argv, str(tmp_path / "missing")], caplog)
+    caplog.clear()
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no photo")
+    assert "no photo" in _cli_error([*argv, str(tmp_path / "empty")], caplog)
+    caplog.clear()
+    # Installed without the repository's sample photos and no folder given.
+    monkeypatch.setattr("finetune.export.quantize.REPO_CALIBRATION_DIR", tmp_path / "absent")
+    assert "--calibration-images DIR" in _cli_error(argv[:-1], caplog)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
 
 
 def test_failed_validation_writes_nothing(exported, tmp_path, monkeypatch):

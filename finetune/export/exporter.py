@@ -13,8 +13,9 @@ Validation before the rename: ``onnx.checker`` (full check, with shape inference
 export on ONNX Runtime against the PyTorch model on a real photo: logits, boxes and the masks of the
 selected queries (at least the 5 best-scoring ones, so the mask head is compared even when no query passes
 the threshold) within tolerance, and the final predictions (segments, id map, scores). With ``int8``, the
-fp32 graphs are validated first, then quantized, and the int8 predictions are compared with the fp32 ones
-(figures in ``export.json``; int8 is an approximation, so they are reported, not enforced).
+fp32 graphs are validated first, then quantized (static, calibrated on photos: `finetune.export.quantize`),
+and the int8 predictions are compared with the fp32 ones (figures in ``export.json``; int8 is an
+approximation, so they are reported, not enforced).
 """
 
 from __future__ import annotations
@@ -78,26 +79,45 @@ def check_opset(opset: int) -> None:
         )
 
 
+def _load_photos(paths: list[Path], option: str) -> list[Any]:
+    from dataset_scripts.cvat.records import ConversionError
+    from dataset_scripts.image_io import load_upright_rgb
+
+    images = []
+    for path in paths:
+        try:
+            images.append(load_upright_rgb(path)[0])
+        except (ConversionError, OSError) as err:
+            raise ExportError(f"{option} {path}: {err}") from err
+    return images
+
+
 def validation_images(paths: list[Path] | None) -> list[Any]:
     """The photos the export is validated on: the given ones, else the repository's sample photo.
 
     Raises:
         ExportError: an unreadable file, or no photo given and none in the repository.
     """
-    from dataset_scripts.cvat.records import ConversionError
-    from dataset_scripts.image_io import load_upright_rgb
-
     if not paths:
         if not REPO_SAMPLE_IMAGE.is_file():
             raise ExportError("no validation photo: pass --image PHOTO (any RGB photo of the model's domain)")
         paths = [REPO_SAMPLE_IMAGE]
-    images = []
-    for path in paths:
-        try:
-            images.append(load_upright_rgb(path)[0])
-        except (ConversionError, OSError) as err:
-            raise ExportError(f"--image {path}: {err}") from err
-    return images
+    return _load_photos(paths, "--image")
+
+
+def calibration_images(folder: str | Path | None) -> list[Any]:
+    """The int8 calibration photos (`finetune.export.quantize.calibration_paths`), loaded.
+
+    Raises:
+        ExportError: no folder and no repository photos, an empty or missing folder, an unreadable photo.
+    """
+    from finetune.export.quantize import CalibrationError, calibration_paths
+
+    try:
+        paths = calibration_paths(folder)
+    except CalibrationError as err:
+        raise ExportError(str(err)) from err
+    return _load_photos(paths, "--calibration-images")
 
 
 def _max_diff(reference: torch.Tensor, other: torch.Tensor, name: str) -> dict[str, float]:
@@ -162,35 +182,13 @@ def validate_against_pytorch(model: Any, processor: Any, exported: Any, images: 
     return figures
 
 
-def quantize_int8(folder: Path) -> list[str]:
-    """Replace both graphs in `folder` by their int8 dynamic quantization (ONNX Runtime's quantizer).
-
-    Weights of MatMul/Gemm and Conv nodes become int8 (per channel where supported); activations are
-    quantized on the fly at run time, so no calibration data is needed.
-
-    Returns:
-        The quantized operator types.
-    """
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    op_types = ["MatMul", "Gemm", "Conv"]
-    for name in (BODY_FILE, MASK_HEAD_FILE):
-        source = folder / name
-        target = folder / f"{source.stem}.int8.onnx"
-        quantize_dynamic(
-            str(source), str(target), weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=op_types
-        )
-        target.replace(source)
-    return op_types
-
-
 def _readme(model_dir: str, manifest: dict[str, Any]) -> str:
     validation = manifest["validation"]
     lines = [
         f"# ONNX export of `{Path(model_dir).name}` (detr-panoptic)",
         "",
         f"Written by `detr-panoptic-export --model {model_dir}` (opset {manifest['opset']}, "
-        f"weights: {'int8 dynamic quantization' if manifest['quantize'] == 'int8' else 'fp32'}).",
+        f"weights: {'int8 static quantization' if manifest['quantize'] == 'int8' else 'fp32'}).",
         "",
         "## Use it",
         "",
@@ -271,6 +269,7 @@ def export_model(
     quantize: str = "none",
     images: list[Path] | None = None,
     overwrite: bool = False,
+    calibration_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Export, validate and write an export folder (see the module docstring).
 
@@ -278,9 +277,11 @@ def export_model(
         model_dir: A checkpoint folder or Hub id (`finetune.modeling.loading.load_checkpoint`).
         output_dir: The export folder to create.
         opset: ONNX opset (`SUPPORTED_OPSETS`).
-        quantize: ``"none"`` (fp32) or ``"int8"`` (dynamic quantization of the weights).
+        quantize: ``"none"`` (fp32) or ``"int8"`` (static quantization, `finetune.export.quantize`).
         images: Validation photos; default: the repository's sample photo.
         overwrite: Replace an existing `output_dir`.
+        calibration_dir: int8 only: a folder of calibration photos of the model's domain (up to
+            `finetune.export.quantize.MAX_CALIBRATION_IMAGES`, sorted); default: the repository's sample photos.
 
     Returns:
         The manifest written to ``export.json``.
@@ -291,6 +292,7 @@ def export_model(
         ImportError: onnx or onnxruntime is missing (one-line message).
     """
     from dataset_scripts.atomic_io import atomic_directory
+    from finetune.export.quantize import quantize_static_int8
     from finetune.export.runtime import OnnxPanopticModel, import_onnxruntime
     from finetune.inference.core import PostProcessing, predict_batch
     from finetune.inference.metadata import postprocess_settings, stuff_label_ids
@@ -305,6 +307,8 @@ def export_model(
     if output_dir.exists() and not overwrite:
         raise ExportError(f"{output_dir} already exists; pass --overwrite to replace it")
     photos = validation_images(images)
+    # Checked before the slow export so that a missing folder fails at once.
+    calibration = calibration_images(calibration_dir) if quantize == "int8" else []
     try:
         model, processor, missing = load_checkpoint(model_dir, with_processor=True)
     except (ModelUnavailableError, OSError) as err:
@@ -359,8 +363,9 @@ def export_model(
                 fp32_predictions = predict_batch(
                     fp32, processor, inputs["pixel_values"], inputs["pixel_mask"], sizes, post
                 ).predictions
+                manifest["quantized_ops"] = quantize_static_int8(tmp, fp32, processor, calibration, post.threshold)
+                manifest["calibration_images"] = len(calibration)
                 del fp32
-                manifest["quantized_ops"] = quantize_int8(tmp)
                 for name in (BODY_FILE, MASK_HEAD_FILE):
                     onnx.checker.check_model(str(tmp / name), full_check=True)
                 int8 = OnnxPanopticModel(tmp, device="cpu")

@@ -574,7 +574,7 @@ def onnx_section(repo_id: str, manifest: dict[str, Any]) -> str:
     """
     validation = manifest.get("validation") or {}
     predictions = validation.get("predictions") or {}
-    weights = "int8 (dynamic quantization)" if manifest.get("quantize") == "int8" else "fp32"
+    weights = "int8 (static quantization, calibrated on photos)" if manifest.get("quantize") == "int8" else "fp32"
     checked = (
         f" Before upload it was checked with `onnx.checker` and compared with the PyTorch model on a photo "
         f"({predictions.get('same_segments')}/{predictions.get('images')} with the same segments)."
