@@ -278,6 +278,14 @@ def test_cli_errors(exported, tmp_path, caplog):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "out"] and not list(out.iterdir())
 
 
+def test_calibration_images_without_int8_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--model", str(tmp_path), "--output-dir", str(tmp_path / "out"), "--calibration-images", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert "--calibration-images only applies to --quantize int8" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_cli_end_to_end_one_line_error_and_success(exported, tmp_path):
     """The installed entry point (`python -m finetune.export`): a usage error is one line on stderr, exit 2."""
     checkpoint, _ = exported

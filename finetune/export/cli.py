@@ -66,7 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.calibration_images is not None and args.quantize != "int8":
+        parser.error("--calibration-images only applies to --quantize int8")  # one line, exit 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from finetune.export.exporter import ExportError, check_opset, export_model
 
