@@ -237,7 +237,7 @@ def test_the_nan_testing_aid_is_no_user_setting_but_old_saved_configs_still_load
     with pytest.raises(ConfigError, match="debug_nan_loss_at_step"):
         parse_config(["--debug_nan_loss_at_step", "3"])
     saved = TrainingConfig().to_dict()
-    saved["run"]["debug_nan_loss_at_step"] = None  # as in pretrained/tiny-detr-panoptic/training_config.yaml
+    saved["run"]["debug_nan_loss_at_step"] = None  # as configs saved before the field was removed have it
     with caplog.at_level("WARNING"):
         config = parse_config(["--config", str(write_yaml(tmp_path, saved))])
     assert config == TrainingConfig().validate()
