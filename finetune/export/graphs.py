@@ -89,7 +89,13 @@ def export_graphs(model: Any, folder: Path, opset: int = DEFAULT_OPSET) -> None:
     # wrapper in training mode would put the whole model back into training mode (dropout on).
     body_graph = BodyGraph(model).eval()
     spatial = {0: "batch", 2: "height", 3: "width"}
-    feature_axes = {0: "batch", 2: "feature_height", 3: "feature_width"}
+    # The body's outputs that the mask head reads, with the same dynamic axes on both graphs (each feature
+    # map its own size names: Res4, Res3 and Res2 differ in size).
+    shared_axes = {
+        "attention_maps": {0: "batch", 3: "map_height", 4: "map_width"},
+        "projected": {0: "batch", 2: "map_height", 3: "map_width"},
+        **{name: {0: "batch", 2: f"{name}_height", 3: f"{name}_width"} for name in ("res4", "res3", "res2")},
+    }
     with torch.no_grad(), warnings.catch_warnings():
         # The TorchScript exporter warns about every Python condition it traces; transformers' are on
         # shapes that the graph keeps consistent (key length == mask length), checked by the validation.
@@ -108,11 +114,7 @@ def export_graphs(model: Any, folder: Path, opset: int = DEFAULT_OPSET) -> None:
                 "pixel_mask": {0: "batch", 1: "height", 2: "width"},
                 "logits": {0: "batch"},
                 "pred_boxes": {0: "batch"},
-                "attention_maps": {0: "batch", 3: "map_height", 4: "map_width"},
-                "projected": {0: "batch", 2: "map_height", 3: "map_width"},
-                "res4": feature_axes,
-                "res3": feature_axes,
-                "res2": feature_axes,
+                **shared_axes,
             },
         )
         maps, projected, res4, res3, res2 = outputs[2:]
@@ -128,11 +130,7 @@ def export_graphs(model: Any, folder: Path, opset: int = DEFAULT_OPSET) -> None:
             input_names=list(MASK_HEAD_INPUTS),
             output_names=list(MASK_HEAD_OUTPUTS),
             dynamic_axes={
-                "attention_maps": {0: "batch", 3: "map_height", 4: "map_width"},
-                "projected": {0: "batch", 2: "map_height", 3: "map_width"},
-                "res4": {0: "batch", 2: "res4_height", 3: "res4_width"},
-                "res3": {0: "batch", 2: "res3_height", 3: "res3_width"},
-                "res2": {0: "batch", 2: "res2_height", 3: "res2_width"},
+                **shared_axes,
                 "image_index": pairs,
                 "query_index": pairs,
                 "masks": {0: "pairs", 1: "mask_height", 2: "mask_width"},
